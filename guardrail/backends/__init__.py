@@ -1,0 +1,31 @@
+"""Backends: where text comes from. One interface (``Backend``), one module per kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from guardrail.backends.base import Backend, Generation, Prompt, Sampling
+from guardrail.backends.callable import CallableBackend
+
+__all__ = ["Backend", "CallableBackend", "Generation", "Prompt", "Sampling", "resolve"]
+
+
+def resolve(llm: Backend | Callable[..., Any] | None, model: str | None, *, timeout_s: float | None = None,
+            **options: Any) -> Backend:
+    """Pick the backend for ``Guard(llm=..., model=...)``.
+
+    A ``Backend`` is used as is; a callable is wrapped; with neither, ``model`` names a local
+    transformers model (``None`` or ``"embedded"`` is the embedded SmolLM2).
+    """
+    if llm is not None and model is not None:
+        raise ValueError("give either llm= (your own function or backend) or model=, not both")
+    if isinstance(llm, Backend):
+        return llm
+    if llm is not None:
+        if options:
+            raise TypeError(f"options {sorted(options)} apply to local models, not to an llm= function")
+        return CallableBackend(llm, timeout_s=timeout_s)
+    from guardrail.backends.local import LocalBackend  # heavy imports only when a local model is used
+
+    return LocalBackend(model, **options)

@@ -1,0 +1,83 @@
+"""The one interface every model backend implements.
+
+A backend turns prompts into text. The guard loop (``guardrail.guard``) owns validation and
+retries; a backend only generates, reports tokens and timing, and raises ``TransportError`` for
+failures worth retrying (``BackendError`` for the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from guardrail.schema import Schema
+
+#: A prompt is plain text or a list of chat messages ``{"role": ..., "content": ...}``.
+Prompt = Union[str, list[dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to decode. Greedy unless ``temperature`` > 0.
+
+    ``constrained`` false asks a backend that constrains decoding to generate freely instead
+    (validation still runs): it is how reports show what constrained decoding buys.
+    """
+
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    max_new_tokens: int = 256
+    constrained: bool = True
+
+    def but(self, **changes: Any) -> Sampling:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+@dataclass
+class Generation:
+    """What one prompt produced.
+
+    ``finish_reason`` is ``"stop"`` when the model ended on its own, ``"length"`` when it hit
+    ``max_new_tokens``, or ``None`` when the backend cannot tell.
+    """
+
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    duration_s: float | None = None
+
+
+class Backend(ABC):
+    """Generates text for prompts, optionally constrained to a schema.
+
+    ``batches`` true means ``generate`` runs a list of prompts in one batched call, so
+    ``Guard.run_many`` hands it whole batches; otherwise prompts go one per call, concurrently.
+    ``wants_instructions`` true means the guard adds its system prompt (the task and the schema
+    in a compact form); a user's own callable gets the prompt untouched.
+    """
+
+    batches: bool = False
+    wants_instructions: bool = True
+
+    def prepare(self, schema: Schema) -> None:  # noqa: B027 - optional hook
+        """Do the expensive per-schema work (compiling a grammar) once, ahead of calls."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
+        """Generate one text per prompt, in order."""
+
+    async def agenerate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
+        """Async twin of ``generate``; by default it runs ``generate`` in a worker thread."""
+        return await asyncio.to_thread(self.generate, prompts, schema, sampling)
+
+    def describe(self) -> dict[str, Any]:
+        """Name and versions, recorded in reports."""
+        return {"backend": type(self).__name__}

@@ -1,0 +1,444 @@
+"""The guard loop: prompt → model → validate → re-ask, under a tenacity retry policy.
+
+One ``_Episode`` follows one prompt through its attempts. It holds every decision (what to send
+next, what an output means, whether to retry and after what pause) and does no I/O, so the sync
+and async drivers below differ only in how they call the backend and how they sleep, and a
+batch of episodes can share one batched model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar, overload
+
+import tenacity
+from tenacity import DoAttempt, DoSleep, RetryCallState
+
+from guardrail import feedback, validation
+from guardrail.backends import Backend, Generation, Prompt, Sampling, resolve
+from guardrail.errors import GuardError
+from guardrail.result import Attempt, Issue, Result
+from guardrail.retry import InvalidOutput, build_policy, is_transient
+from guardrail.schema import Schema
+
+T = TypeVar("T")
+
+
+class Guard(Generic[T]):
+    """Validated structured output from an LLM, with re-asks.
+
+    ``schema`` is a pydantic model class, a JSON Schema dict, a path to a ``.json`` file or the
+    name of a shipped schema (``"invoice"``). ``llm`` is your function (prompt → text) or a
+    ``Backend``; without it, ``model`` names a local transformers model whose decoding is
+    constrained to the schema (default: the embedded SmolLM2-135M-Instruct).
+
+    >>> g = Guard({"type": "object", "required": ["n"]}, llm=lambda prompt: '{"n": 1}')
+    >>> g.run("Give n").value
+    {'n': 1}
+
+    Options: ``retries`` (re-asks after the first attempt, or a ``tenacity.Retrying``),
+    ``time_budget_s`` and ``token_budget`` (stop early across all attempts), ``timeout_s`` (per
+    call), ``reask_template`` (``{issues}`` and ``{output}`` fields), ``reask_temperature``
+    (a retry samples at least this hot so it can leave a bad greedy path), ``examples``
+    (few-shot ``(input, output)`` pairs for the default instructions), ``instructions``
+    (replace the default system prompt), and sampling defaults (``temperature``, ``top_p``,
+    ``top_k``, ``seed``, ``max_new_tokens``). Other keywords go to the local backend
+    (``engine``, ``device``).
+    """
+
+    def __init__(
+        self,
+        schema: Any,
+        *,
+        llm: Backend | Callable[..., Any] | None = None,
+        model: str | None = None,
+        retries: int | tenacity.BaseRetrying = 2,
+        time_budget_s: float | None = None,
+        token_budget: int | None = None,
+        timeout_s: float | None = None,
+        reask_template: str = feedback.DEFAULT_REASK_TEMPLATE,
+        reask_temperature: float | None = None,
+        examples: Sequence[tuple[str, Any]] = (),
+        instructions: str | None = None,
+        refs: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        max_new_tokens: int = 256,
+        max_new_tokens_cap: int = 2048,
+        **backend_options: Any,
+    ) -> None:
+        self.schema = Schema.load(schema, refs=refs)
+        self.policy = build_policy(retries)
+        self.backend = resolve(llm, model, timeout_s=timeout_s, **backend_options)
+        self.time_budget_s = time_budget_s
+        self.token_budget = token_budget
+        self.reask_template = reask_template
+        self.reask_temperature = reask_temperature
+        self.examples = list(examples)
+        self.instructions = instructions
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self.sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                                 max_new_tokens=max_new_tokens)
+        _check_template(reask_template)
+        self.backend.prepare(self.schema)
+
+    # -- public entry points ---------------------------------------------------------------
+
+    def run(self, prompt: Prompt, **sampling: Any) -> Result[T]:
+        """Run one prompt to a validated value; raise ``GuardError`` (holding every attempt) if none."""
+        episode = self._episode(prompt, sampling)
+        self._drive([episode], self.backend)
+        return episode.result().unwrap_into()
+
+    async def arun(self, prompt: Prompt, **sampling: Any) -> Result[T]:
+        """Async ``run``: the same loop, awaiting the model and the backoff."""
+        episode = self._episode(prompt, sampling)
+        await self._adrive([episode], self.backend)
+        return episode.result().unwrap_into()
+
+    def run_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4, **sampling: Any) -> list[Result[T]]:
+        """Run many prompts; failures come back as ``Result`` with ``ok`` false instead of raising.
+
+        A batching backend (the local model) gets up to ``concurrency`` prompts per generate call;
+        any other backend gets up to ``concurrency`` calls in flight at once.
+        """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        episodes = [self._episode(p, sampling) for p in prompts]
+        if self.backend.batches:
+            for start in range(0, len(episodes), concurrency):
+                self._drive(episodes[start : start + concurrency], self.backend)
+        else:
+            _run_coroutine(self._adrive_bounded(episodes, concurrency))
+        return [e.result() for e in episodes]
+
+    async def arun_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4, **sampling: Any) -> list[Result[T]]:
+        """Async ``run_many``."""
+        episodes = [self._episode(p, sampling) for p in prompts]
+        if self.backend.batches:
+            for start in range(0, len(episodes), concurrency):
+                await self._adrive(episodes[start : start + concurrency], self.backend)
+        else:
+            await self._adrive_bounded(episodes, concurrency)
+        return [e.result() for e in episodes]
+
+    # -- drivers: the only places that do I/O ------------------------------------------------
+
+    def _drive(self, episodes: list[_Episode], backend: Backend) -> None:
+        while active := [e for e in episodes if not e.done]:
+            for sampling, group in _by_sampling(active):
+                start = time.perf_counter()
+                try:
+                    outcome: list[Generation] | BaseException = backend.generate(
+                        [e.request for e in group], self.schema, sampling
+                    )
+                except Exception as exc:  # noqa: BLE001 - every failure is recorded, then judged by the policy
+                    outcome = exc
+                _settle(group, outcome, time.perf_counter() - start)
+            time.sleep(_pause(active))
+
+    async def _adrive(self, episodes: list[_Episode], backend: Backend) -> None:
+        while active := [e for e in episodes if not e.done]:
+            for sampling, group in _by_sampling(active):
+                start = time.perf_counter()
+                try:
+                    outcome: list[Generation] | BaseException = await backend.agenerate(
+                        [e.request for e in group], self.schema, sampling
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    outcome = exc
+                _settle(group, outcome, time.perf_counter() - start)
+            await asyncio.sleep(_pause(active))
+
+    async def _adrive_bounded(self, episodes: list[_Episode], concurrency: int) -> None:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(episode: _Episode) -> None:
+            async with gate:
+                await self._adrive([episode], self.backend)
+
+        await asyncio.gather(*(one(e) for e in episodes))
+
+    def _episode(self, prompt: Prompt, overrides: dict[str, Any]) -> _Episode:
+        _check_prompt(prompt)
+        unknown = set(overrides) - set(Sampling.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown sampling options {sorted(unknown)}; known: {sorted(Sampling.__dataclass_fields__)}")
+        request = prompt
+        if self.backend.wants_instructions:
+            from guardrail.prompting import instructions
+
+            user = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            if self.instructions is not None:
+                request = [{"role": "system", "content": self.instructions}, *user]
+            else:
+                request = [*instructions(self.schema.json_schema, self.examples), *user]
+        return _Episode(self, request, self.sampling.but(**overrides))
+
+    def __repr__(self) -> str:
+        return f"Guard(schema={self.schema.name!r}, backend={type(self.backend).__name__})"
+
+
+class _Episode:
+    """One prompt's way through its attempts: decisions only, no I/O."""
+
+    def __init__(self, guard: Guard[Any], request: Prompt, sampling: Sampling) -> None:
+        self.guard = guard
+        self.request = request
+        self.sampling = sampling
+        self.attempts: list[Attempt] = []
+        # A copy per episode: tenacity keeps per-run statistics on the policy object.
+        self.policy = guard.policy.copy()
+        self.policy.begin()
+        self.state = RetryCallState(self.policy, fn=None, args=(), kwargs={})
+        self.started = time.monotonic()
+        self.value: Any = None
+        self.raw: str | None = None
+        self.error: GuardError | None = None
+        self.done = False
+        self.pause = 0.0
+        first = self.policy.iter(self.state)
+        assert isinstance(first, DoAttempt), "a tenacity policy always starts with an attempt"
+
+    def record(self, outcome: Generation | BaseException, duration_s: float) -> None:
+        """Judge one model call and decide what comes next."""
+        prompt = self.request
+        if isinstance(outcome, BaseException):
+            ended = "timeout" if isinstance(outcome, TimeoutError) else "error"
+            self.attempts.append(Attempt(prompt=prompt, output=None, duration_s=duration_s,
+                                         error=f"{type(outcome).__name__}: {outcome}", ended=ended))
+            self.state.set_exception((type(outcome), outcome, outcome.__traceback__))
+            self._decide(outcome)
+            return
+        checked = validation.validate(self.guard.schema, outcome.text)
+        truncated = checked.truncated or (not checked.ok and outcome.finish_reason == "length")
+        attempt = Attempt(
+            prompt=prompt, output=outcome.text, issues=checked.issues, duration_s=outcome.duration_s or duration_s,
+            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+            ended="valid" if checked.ok else "truncated" if truncated else "invalid",
+            extracted=checked.extracted, finish_reason=outcome.finish_reason,
+        )
+        self.attempts.append(attempt)
+        if checked.ok:
+            self.value, self.raw = checked.value, outcome.text
+            self.state.set_result(checked.value)
+            self.done = True
+            return
+        failure = InvalidOutput(checked.issues)
+        self.state.set_exception((InvalidOutput, failure, None))
+        self._decide(failure, output=outcome.text, issues=checked.issues, truncated=truncated)
+
+    def _decide(self, failure: BaseException, *, output: str | None = None, issues: Sequence[Issue] = (),
+                truncated: bool = False) -> None:
+        over_budget = self._over_budget()
+        if over_budget:
+            self._give_up(f"stopped: {over_budget}", failure)
+            return
+        try:
+            action = self.policy.iter(self.state)
+        except tenacity.RetryError:
+            self._give_up(self._exhausted_message(failure), failure)
+            return
+        except Exception as exc:  # noqa: BLE001 - tenacity re-raises a failure its policy won't retry
+            if exc is not failure:
+                raise
+            action = None
+        if not isinstance(action, DoSleep):
+            n = len(self.attempts)
+            self._give_up(f"not retried (attempt {n}): {type(failure).__name__}: {failure}", failure)
+            return
+        self.pause = float(action)
+        if self.guard.time_budget_s is not None and self._elapsed() + self.pause > self.guard.time_budget_s:
+            self._give_up(f"stopped: the time budget of {self.guard.time_budget_s:g} s would be exceeded", failure)
+            return
+        self.state.prepare_for_next_attempt()
+        self.request = feedback.reask(self.request, output, issues, self.guard.reask_template,
+                                      error=None if output is not None else str(failure))
+        self.sampling = self._next_sampling(truncated)
+
+    def _next_sampling(self, truncated: bool) -> Sampling:
+        sampling = self.sampling
+        if truncated:
+            sampling = sampling.but(max_new_tokens=min(sampling.max_new_tokens * 2, self.guard.max_new_tokens_cap))
+        hotter = self.guard.reask_temperature
+        if hotter is not None and sampling.temperature < hotter:
+            sampling = sampling.but(temperature=hotter)
+        return sampling
+
+    def _over_budget(self) -> str | None:
+        budget = self.guard.token_budget
+        if budget is not None:
+            used = sum(a.tokens or 0 for a in self.attempts)
+            if used >= budget:
+                self.attempts[-1].ended = "budget" if self.attempts[-1].ended != "valid" else "valid"
+                return f"the token budget of {budget} is spent ({used} tokens used)"
+        if self.guard.time_budget_s is not None and self._elapsed() >= self.guard.time_budget_s:
+            return f"the time budget of {self.guard.time_budget_s:g} s is spent"
+        return None
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def _exhausted_message(self, failure: BaseException) -> str:
+        n = len(self.attempts)
+        if isinstance(failure, InvalidOutput):
+            listed = feedback.describe_issues(failure.issues, limit=3)
+            return f"no valid output after {n} attempt{'s' * (n != 1)}; last issues:\n{listed}"
+        return f"the LLM call failed {n} time{'s' * (n != 1)}; last error: {type(failure).__name__}: {failure}"
+
+    def _give_up(self, message: str, failure: BaseException) -> None:
+        error = GuardError(message, self.attempts)
+        error.__cause__ = None if isinstance(failure, InvalidOutput) else failure
+        self.error = error
+        self.raw = next((a.output for a in reversed(self.attempts) if a.output is not None), None)
+        self.done = True
+
+    def result(self) -> Result[Any]:
+        return _EpisodeResult(self.value, self.raw, self.attempts, self.error)
+
+
+class _EpisodeResult(Result[Any]):
+    def unwrap_into(self) -> Result[Any]:
+        """This result for ``run``: raise the error, or hand back the result."""
+        if self.error is not None:
+            raise self.error
+        return Result(self.value, self.raw, self.attempts)
+
+
+def _settle(group: list[_Episode], outcome: list[Generation] | BaseException, duration_s: float) -> None:
+    if isinstance(outcome, BaseException):
+        for episode in group:
+            episode.record(outcome, duration_s / len(group))
+        return
+    if len(outcome) != len(group):
+        mismatch = RuntimeError(f"backend returned {len(outcome)} outputs for {len(group)} prompts")
+        for episode in group:
+            episode.record(mismatch, duration_s / len(group))
+        return
+    for episode, generation in zip(group, outcome):
+        episode.record(generation, duration_s / len(group))
+
+
+def _by_sampling(episodes: list[_Episode]) -> list[tuple[Sampling, list[_Episode]]]:
+    """Group episodes that decode alike, so each group is one batched call."""
+    groups: dict[Sampling, list[_Episode]] = {}
+    for episode in episodes:
+        groups.setdefault(episode.sampling, []).append(episode)
+    return list(groups.items())
+
+
+def _pause(episodes: list[_Episode]) -> float:
+    pending = [e.pause for e in episodes if not e.done]
+    return max(pending, default=0.0)
+
+
+def _run_coroutine(coroutine: Awaitable[Any]) -> Any:
+    """Run a coroutine from sync code, also when an event loop already runs (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)  # type: ignore[arg-type]
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()  # type: ignore[arg-type]
+
+
+def _check_prompt(prompt: Any) -> None:
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+    ) and prompt:
+        return
+    raise TypeError(
+        "a prompt must be a str or a non-empty list of chat messages {'role': str, 'content': str}, "
+        f"got {type(prompt).__name__}"
+    )
+
+
+def _check_template(template: str) -> None:
+    try:
+        template.format(issues="", output="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"reask_template may only use the fields {{issues}} and {{output}} (double other braces): {exc}"
+        ) from None
+
+
+# -- the decorator ---------------------------------------------------------------------------
+
+
+@overload
+def guard(schema: Any, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+
+
+def guard(schema: Any, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap an LLM call so it returns a validated value, re-asking on invalid output.
+
+    The function receives the prompt (a str or chat messages) as its first argument; further
+    arguments are passed through on every attempt. Sync and async functions both work.
+
+    >>> @guard({"type": "object", "required": ["city"]}, retries=1)
+    ... def ask(prompt: str) -> str:
+    ...     return '{"city": "Oslo"}'
+    >>> ask("Where?")
+    {'city': 'Oslo'}
+
+    The ``Guard`` behind it is ``ask.guard``; options are those of ``Guard``.
+    """
+    if "llm" in options or "model" in options:
+        raise TypeError("guard() wraps the decorated function; do not pass llm= or model=")
+    timeout_s = options.get("timeout_s")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        core = Guard(schema, llm=fn, **options)
+
+        def bound(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Backend:
+            if not args and not kwargs:
+                return core.backend
+            from guardrail.backends.callable import CallableBackend
+
+            return CallableBackend(_partial_after_prompt(fn, args, kwargs), timeout_s=timeout_s)
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(prompt: Prompt, *args: Any, **kwargs: Any) -> Any:
+                episode = core._episode(prompt, {})
+                await core._adrive([episode], bound(args, kwargs))
+                return episode.result().unwrap_into().value
+
+            async_wrapper.guard = core  # type: ignore[attr-defined]
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(prompt: Prompt, *args: Any, **kwargs: Any) -> Any:
+            episode = core._episode(prompt, {})
+            core._drive([episode], bound(args, kwargs))
+            return episode.result().unwrap_into().value
+
+        wrapper.guard = core  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _partial_after_prompt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(fn):
+
+        async def acall(prompt: Prompt) -> Any:
+            return await fn(prompt, *args, **kwargs)
+
+        return acall
+
+    def call(prompt: Prompt) -> Any:
+        return fn(prompt, *args, **kwargs)
+
+    return call

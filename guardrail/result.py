@@ -1,0 +1,133 @@
+"""What a guarded call returns: the value, the final text and every attempt on the way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from guardrail.errors import GuardError
+
+T = TypeVar("T")
+
+#: Why an attempt ended.
+Ending = Literal["valid", "invalid", "truncated", "error", "timeout", "budget"]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One thing wrong with an output, located by JSON Pointer.
+
+    >>> Issue(path="/items/0/price", message="-3 is less than the minimum of 0", value=-3)
+    Issue(path='/items/0/price', message='-3 is less than the minimum of 0', value=-3, keyword=None)
+
+    ``keyword`` names what failed: a JSON Schema keyword (``"required"``, ``"type"`` ...),
+    ``"json"`` (not parseable), ``"truncated"`` (cut off), or a pydantic error type.
+    """
+
+    path: str
+    message: str
+    value: Any = None
+    keyword: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path or '/'}: {self.message}"
+
+
+@dataclass
+class Attempt:
+    """One call to the model and what came of it.
+
+    ``prompt`` is exactly what was sent (a string or chat messages); ``output`` the raw text, or
+    ``None`` when the call raised (``error`` then holds ``"ExceptionType: message"``).
+    ``extracted`` is true when the JSON had to be dug out of prose or a fenced block.
+    """
+
+    prompt: Any
+    output: str | None
+    issues: list[Issue] = field(default_factory=list)
+    duration_s: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+    ended: Ending = "invalid"
+    extracted: bool = False
+    finish_reason: str | None = None
+
+    @property
+    def tokens(self) -> int | None:
+        """Prompt plus completion tokens, where the backend reported them."""
+        if self.prompt_tokens is None and self.completion_tokens is None:
+            return None
+        return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
+
+    @property
+    def ok(self) -> bool:
+        return self.ended == "valid"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy, for logs and reports."""
+        return {
+            "prompt": self.prompt,
+            "output": self.output,
+            "issues": [
+                {"path": i.path, "message": i.message, "keyword": i.keyword, "value": _jsonable(i.value)}
+                for i in self.issues
+            ],
+            "duration_s": self.duration_s,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "error": self.error,
+            "ended": self.ended,
+            "extracted": self.extracted,
+            "finish_reason": self.finish_reason,
+        }
+
+
+@dataclass
+class Result(Generic[T]):
+    """The outcome of ``Guard.run``: a validated ``value`` plus the history that led to it.
+
+    ``value`` is the pydantic instance for a model schema, or the parsed JSON for a raw schema.
+    From ``run_many`` a failed item comes back with ``ok`` false, ``value`` ``None`` and ``error``
+    set, instead of raising, so one bad item does not lose a batch.
+    """
+
+    value: T | None
+    raw: str | None
+    attempts: list[Attempt]
+    error: GuardError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def data(self) -> Any:
+        """The value as plain JSON data (a pydantic instance is dumped in JSON mode)."""
+        dump = getattr(self.value, "model_dump", None)
+        return dump(mode="json") if callable(dump) else self.value
+
+    @property
+    def duration_s(self) -> float:
+        return sum(a.duration_s for a in self.attempts)
+
+    @property
+    def tokens(self) -> int | None:
+        counts = [a.tokens for a in self.attempts if a.tokens is not None]
+        return sum(counts) if counts else None
+
+    def unwrap(self) -> T:
+        """The value, or raise the ``GuardError`` that ended the loop."""
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
