@@ -92,7 +92,7 @@ class wait_for_failure(wait_base):  # noqa: N801
 
 
 #: The default backoff between retries of a failed call: 0.5 s, 1 s, 2 s ... up to 8 s, with jitter.
-DEFAULT_BACKOFF = tenacity.wait_exponential_jitter(initial=0.5, max=8.0, jitter=0.25)
+DEFAULT_BACKOFF = tenacity.wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.25)
 
 
 def build_policy(retries: int | tenacity.BaseRetrying, *, backoff: Any = None) -> tenacity.BaseRetrying:
