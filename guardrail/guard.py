@@ -13,7 +13,7 @@ import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
 import tenacity
 from tenacity import DoAttempt, DoSleep, RetryCallState
@@ -21,8 +21,8 @@ from tenacity import DoAttempt, DoSleep, RetryCallState
 from guardrail import feedback, validation
 from guardrail.backends import Backend, Generation, Prompt, Sampling, resolve
 from guardrail.errors import GuardError
-from guardrail.result import Attempt, Issue, Result
-from guardrail.retry import InvalidOutput, build_policy, is_transient
+from guardrail.result import Attempt, Ending, Issue, Result
+from guardrail.retry import InvalidOutput, build_policy
 from guardrail.schema import Schema
 
 T = TypeVar("T")
@@ -94,13 +94,13 @@ class Guard(Generic[T]):
         """Run one prompt to a validated value; raise ``GuardError`` (holding every attempt) if none."""
         episode = self._episode(prompt, sampling)
         self._drive([episode], self.backend)
-        return episode.result().unwrap_into()
+        return episode.finished()
 
     async def arun(self, prompt: Prompt, **sampling: Any) -> Result[T]:
         """Async ``run``: the same loop, awaiting the model and the backoff."""
         episode = self._episode(prompt, sampling)
         await self._adrive([episode], self.backend)
-        return episode.result().unwrap_into()
+        return episode.finished()
 
     def run_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4, **sampling: Any) -> list[Result[T]]:
         """Run many prompts; failures come back as ``Result`` with ``ok`` false instead of raising.
@@ -210,7 +210,7 @@ class _Episode:
         """Judge one model call and decide what comes next."""
         prompt = self.request
         if isinstance(outcome, BaseException):
-            ended = "timeout" if isinstance(outcome, TimeoutError) else "error"
+            ended: Ending = "timeout" if isinstance(outcome, TimeoutError) else "error"
             self.attempts.append(Attempt(prompt=prompt, output=None, duration_s=duration_s,
                                          error=f"{type(outcome).__name__}: {outcome}", ended=ended))
             self.state.set_exception((type(outcome), outcome, outcome.__traceback__))
@@ -245,7 +245,7 @@ class _Episode:
         except tenacity.RetryError:
             self._give_up(self._exhausted_message(failure), failure)
             return
-        except Exception as exc:  # noqa: BLE001 - tenacity re-raises a failure its policy won't retry
+        except Exception as exc:
             if exc is not failure:
                 raise
             action = None
@@ -300,15 +300,14 @@ class _Episode:
         self.done = True
 
     def result(self) -> Result[Any]:
-        return _EpisodeResult(self.value, self.raw, self.attempts, self.error)
+        """The outcome, failure included (for ``run_many``)."""
+        return Result(self.value, self.raw, self.attempts, self.error)
 
-
-class _EpisodeResult(Result[Any]):
-    def unwrap_into(self) -> Result[Any]:
-        """This result for ``run``: raise the error, or hand back the result."""
+    def finished(self) -> Result[Any]:
+        """The outcome for ``run``: the result, or raise the ``GuardError`` that ended the loop."""
         if self.error is not None:
             raise self.error
-        return Result(self.value, self.raw, self.attempts)
+        return self.result()
 
 
 def _settle(group: list[_Episode], outcome: list[Generation] | BaseException, duration_s: float) -> None:
@@ -321,7 +320,7 @@ def _settle(group: list[_Episode], outcome: list[Generation] | BaseException, du
         for episode in group:
             episode.record(mismatch, duration_s / len(group))
         return
-    for episode, generation in zip(group, outcome):
+    for episode, generation in zip(group, outcome, strict=True):
         episode.record(generation, duration_s / len(group))
 
 
@@ -375,10 +374,6 @@ def _check_template(template: str) -> None:
 # -- the decorator ---------------------------------------------------------------------------
 
 
-@overload
-def guard(schema: Any, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
-
-
 def guard(schema: Any, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap an LLM call so it returns a validated value, re-asking on invalid output.
 
@@ -398,7 +393,7 @@ def guard(schema: Any, **options: Any) -> Callable[[Callable[..., Any]], Callabl
     timeout_s = options.get("timeout_s")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        core = Guard(schema, llm=fn, **options)
+        core: Guard[Any] = Guard(schema, llm=fn, **options)
 
         def bound(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Backend:
             if not args and not kwargs:
@@ -413,7 +408,7 @@ def guard(schema: Any, **options: Any) -> Callable[[Callable[..., Any]], Callabl
             async def async_wrapper(prompt: Prompt, *args: Any, **kwargs: Any) -> Any:
                 episode = core._episode(prompt, {})
                 await core._adrive([episode], bound(args, kwargs))
-                return episode.result().unwrap_into().value
+                return episode.finished().value
 
             async_wrapper.guard = core  # type: ignore[attr-defined]
             return async_wrapper
@@ -422,7 +417,7 @@ def guard(schema: Any, **options: Any) -> Callable[[Callable[..., Any]], Callabl
         def wrapper(prompt: Prompt, *args: Any, **kwargs: Any) -> Any:
             episode = core._episode(prompt, {})
             core._drive([episode], bound(args, kwargs))
-            return episode.result().unwrap_into().value
+            return episode.finished().value
 
         wrapper.guard = core  # type: ignore[attr-defined]
         return wrapper

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import urldefrag, urljoin
+from urllib.parse import urljoin
 
 import jsonschema
 import referencing
 import referencing.exceptions
 import referencing.jsonschema
 from jsonschema.protocols import Validator
+from jsonschema_specifications import REGISTRY as _METASCHEMAS
 from pydantic import BaseModel
 
 from guardrail.errors import SchemaError
@@ -44,7 +46,7 @@ class Schema:
     ('schema', 64)
     """
 
-    json_schema: dict[str, Any]
+    json_schema: dict[str, Any]  # or a boolean schema: True accepts anything, False nothing
     name: str
     model: type[BaseModel] | None = None
     refs: Mapping[str, Any] = field(default_factory=dict)
@@ -65,6 +67,9 @@ class Schema:
         elif isinstance(source, Mapping):
             document = dict(source)
             default_name = str(document.get("title") or "schema")
+        elif isinstance(source, bool):  # a boolean schema, as JSON Schema allows anywhere a schema goes
+            document = source  # type: ignore[assignment]
+            default_name = "schema"
         elif isinstance(source, (str, Path)):
             path = _locate(source)
             document = _read_json(path)
@@ -87,37 +92,47 @@ class Schema:
     @cached_property
     def validator(self) -> Validator:
         """A ``jsonschema`` validator of the schema's draft (2020-12 unless ``$schema`` says otherwise)."""
-        cls = jsonschema.validators.validator_for(self.json_schema, default=jsonschema.Draft202012Validator)
+        cls = self._validator_class
         return cls(self.json_schema, registry=self._registry, format_checker=cls.FORMAT_CHECKER)
 
     @cached_property
+    def _validator_class(self) -> type[Validator]:
+        cls = _dialect(self.json_schema, self.refs)
+        return cls if cls is not None else jsonschema.Draft202012Validator
+
+    @cached_property
+    def _specification(self) -> referencing.Specification[Any]:
+        return referencing.jsonschema.specification_with(self._validator_class.META_SCHEMA["$schema"])
+
+    @cached_property
     def _registry(self) -> referencing.Registry:
-        default = referencing.jsonschema.specification_with(
-            self.json_schema.get("$schema", DRAFT_2020_12) if isinstance(self.json_schema.get("$schema"), str)
-            else DRAFT_2020_12,
-            default=referencing.jsonschema.DRAFT202012,
-        )
+        default = self._specification
         resources = [
             (uri, referencing.Resource.from_contents(contents, default_specification=default))
             for uri, contents in self.refs.items()
         ]
-        return referencing.Registry(retrieve=_refuse_remote).with_resources(resources)  # type: ignore[call-arg]
+        # The drafts' own metaschemas are known without fetching (jsonschema adds them to a validator's
+        # registry too), so a "$ref" to e.g. the draft-07 metaschema is not a remote reference.
+        registry = referencing.Registry(retrieve=_refuse_remote).with_resources(resources)  # type: ignore[call-arg]
+        return _METASCHEMAS.combine(registry)
 
     def check(self) -> None:
         """Raise ``SchemaError`` if the schema is invalid against its metaschema or has an unusable ``$ref``."""
-        if not isinstance(self.json_schema, Mapping) and not isinstance(self.json_schema, bool):
+        if isinstance(self.json_schema, bool):
+            return
+        if not isinstance(self.json_schema, Mapping):
             raise SchemaError(f"a schema must be an object or a boolean, got {type(self.json_schema).__name__}")
         declared = self.json_schema.get("$schema")
         if declared is not None and not isinstance(declared, str):
             raise SchemaError("$schema must be a string URI", location="/$schema", keyword="$schema")
-        try:
-            cls = jsonschema.validators.validator_for(self.json_schema, default=jsonschema.Draft202012Validator)
-        except referencing.exceptions.Unresolvable as exc:  # pragma: no cover - defensive
-            raise SchemaError(f"unknown $schema {declared!r}", location="/$schema", keyword="$schema") from exc
-        if declared is not None and cls is jsonschema.Draft202012Validator and declared.rstrip("#") not in _KNOWN_DIALECTS:
+        if declared is not None and _dialect(self.json_schema, self.refs) is None:
             raise SchemaError(
-                f"unsupported $schema {declared!r}: use draft 2020-12 or draft 7", location="/$schema", keyword="$schema"
+                f"unsupported $schema {declared!r}: use draft 2020-12 or draft 7 (or pass a custom metaschema "
+                f"built on one of them with refs={{{declared!r}: ...}})",
+                location="/$schema",
+                keyword="$schema",
             )
+        cls = self._validator_class
         error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(self.json_schema))
         if error is not None:
             location = _pointer(error.absolute_path)
@@ -126,13 +141,25 @@ class Schema:
                 location=location,
                 keyword=str(error.absolute_path[-1]) if error.absolute_path else str(error.validator),
             )
+        self._check_patterns()
         self._check_refs()
+
+    def _check_patterns(self) -> None:
+        # Python's re is what validates "pattern": a regex it cannot compile (such as the ECMA-262
+        # "\p{L}") would otherwise raise re.error at the first validation, not here.
+        for location, keyword, regex in _patterns(self.json_schema, ""):
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise SchemaError(
+                    f"{keyword} {regex!r} is not a regular expression guardrail can use (Python re): {exc}",
+                    location=location,
+                    keyword=keyword,
+                ) from None
 
     def _check_refs(self) -> None:
         base = self.json_schema.get("$id", "") if isinstance(self.json_schema.get("$id"), str) else ""
-        resolver = self._registry.resolver_with_root(
-            referencing.Resource.from_contents(self.json_schema, default_specification=referencing.jsonschema.DRAFT202012)
-        )
+        resolver = self._registry.resolver_with_root(self._specification.create_resource(self.json_schema))
         for location, ref_base, ref in _refs(self.json_schema, base, ""):
             target = urljoin(ref_base, ref) if ref_base else ref
             try:
@@ -151,11 +178,35 @@ class Schema:
                 ) from None
 
 
-_KNOWN_DIALECTS = {
-    "https://json-schema.org/draft/2020-12/schema",
-    "http://json-schema.org/draft-07/schema",
-    "https://json-schema.org/draft-07/schema",
+_KNOWN_DIALECTS: dict[str, type[Validator]] = {
+    "https://json-schema.org/draft/2020-12/schema": jsonschema.Draft202012Validator,
+    "http://json-schema.org/draft-07/schema": jsonschema.Draft7Validator,
+    "https://json-schema.org/draft-07/schema": jsonschema.Draft7Validator,
 }
+
+
+def _dialect(document: Any, refs: Mapping[str, Any]) -> type[Validator] | None:
+    """The validator class for ``document``'s ``$schema``; ``None`` when it names no usable dialect.
+
+    No ``$schema`` means 2020-12. Besides 2020-12 and draft 7, the older drafts jsonschema knows are
+    accepted as before; a custom metaschema counts when its contents are given in ``refs`` and its
+    own ``$schema`` is a known dialect (vocabularies are not enforced, as in jsonschema).
+    """
+    declared = document.get("$schema") if isinstance(document, Mapping) else None
+    if declared is None:
+        return jsonschema.Draft202012Validator
+    if not isinstance(declared, str):
+        return None
+    known = _KNOWN_DIALECTS.get(declared.rstrip("#"))
+    if known is not None:
+        return known
+    cls = jsonschema.validators.validator_for({"$schema": declared}, default=None)
+    if cls is not None:
+        return cls  # type: ignore[no-any-return]
+    custom = refs.get(declared, refs.get(declared.rstrip("#")))
+    if isinstance(custom, Mapping) and custom.get("$schema") != declared:
+        return _dialect(custom, {})
+    return None
 
 
 class _RemoteRefused(Exception):
@@ -199,6 +250,28 @@ def _refs(node: Any, base: str, location: str) -> Iterator[tuple[str, str, str]]
     elif isinstance(node, list):
         for index, item in enumerate(node):
             yield from _refs(item, base, f"{location}/{index}")
+
+
+def _patterns(node: Any, location: str) -> Iterator[tuple[str, str, str]]:
+    """Yield (pointer, keyword, regex) for every ``pattern`` and ``patternProperties`` key of a schema."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _DATA_KEYWORDS:
+                continue
+            here = f"{location}/{_escape(key)}"
+            if key == "pattern" and isinstance(value, str):
+                yield here, "pattern", value
+            elif key == "properties" and isinstance(value, dict):
+                for name, sub in value.items():
+                    yield from _patterns(sub, f"{here}/{_escape(name)}")
+            else:
+                if key == "patternProperties" and isinstance(value, dict):
+                    for regex in value:
+                        yield f"{here}/{_escape(regex)}", "patternProperties", regex
+                yield from _patterns(value, here)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _patterns(item, f"{location}/{index}")
 
 
 def _escape(token: Any) -> str:

@@ -78,10 +78,18 @@ def check(schema: Schema, data: Any) -> list[Issue]:
 def schema_issues(schema: Schema, data: Any) -> list[Issue]:
     """JSON Schema violations of ``data``, deepest path first within the same location order."""
     errors = sorted(schema.validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    return [
-        Issue(path=_pointer(e.absolute_path), message=e.message, value=e.instance, keyword=str(e.validator))
-        for e in errors
-    ]
+    return [_schema_issue(e) for e in errors]
+
+
+def _schema_issue(error: Any) -> Issue:
+    path = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        # Point at the missing member itself: "/customer/email", not its parent object.
+        missing = [n for n in error.validator_value if n not in error.instance and repr(n) in error.message]
+        if missing:
+            return Issue(path=_pointer([*path, missing[0]]), message="required property is missing",
+                         value=None, keyword="required")
+    return Issue(path=_pointer(path), message=error.message, value=error.instance, keyword=str(error.validator))
 
 
 def _instantiate(schema: Schema, data: Any) -> Any:

@@ -100,7 +100,8 @@ def test_exhausted_retries_raise_guard_error_with_every_attempt() -> None:
     assert len(error.attempts) == 3
     assert [a.output for a in error.attempts] == ["no json here", '{"items": "x"}', '{"items": [{}]}']
     assert all(a.ended == "invalid" for a in error.attempts)
-    assert error.attempts[2].issues[0].path == "/items/0"
+    assert error.attempts[2].issues[0].path == "/items/0/price"
+    assert error.attempts[2].issues[0].message == "required property is missing"
     assert error.attempts[2].issues[0].keyword == "required"
     assert error.last_output == '{"items": [{}]}'
     assert "3 attempts" in str(error)
@@ -221,7 +222,7 @@ def test_chat_messages_reask_appends_assistant_and_user_turns() -> None:
 def test_custom_reask_template() -> None:
     llm = Scripted("{}", '{"items": []}')
     Guard(INVOICE_ITEM, llm=llm, reask_template="FIX {issues} IN {output}").run("x")
-    assert "FIX - at /: 'items' is a required property IN {}" in str(llm.prompts[1])
+    assert "FIX - at /items: required property is missing IN {}" in str(llm.prompts[1])
     with pytest.raises(ValueError, match="reask_template"):
         Guard(INVOICE_ITEM, llm=llm, reask_template="{oops}")
     assert "{issues}" in DEFAULT_REASK_TEMPLATE

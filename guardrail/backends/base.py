@@ -11,13 +11,13 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from guardrail.schema import Schema
 
 #: A prompt is plain text or a list of chat messages ``{"role": ..., "content": ...}``.
-Prompt = Union[str, list[dict[str, str]]]
+Prompt = str | list[dict[str, str]]
 
 
 @dataclass(frozen=True)

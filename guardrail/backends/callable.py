@@ -36,7 +36,8 @@ class CallableBackend(Backend):
             raise TypeError(f"llm must be callable, got {type(fn).__name__}")
         self.fn = fn
         self.timeout_s = timeout_s
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        # An async function, or an object whose __call__ is one.
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
     def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
         return [self._call_sync(prompt) for prompt in prompts]
@@ -74,7 +75,7 @@ class CallableBackend(Backend):
 async def _timed_out(awaitable: Any, timeout_s: float) -> Any:
     try:
         return await asyncio.wait_for(awaitable, timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise TimeoutError(f"the LLM call did not return within {timeout_s:g} s") from None
 
 
