@@ -65,6 +65,7 @@ class Guard(Generic[T]):
         examples: Sequence[tuple[str, Any]] = (),
         instructions: str | None = None,
         refs: dict[str, Any] | None = None,
+        assert_formats: bool = True,
         temperature: float = 0.0,
         top_p: float | None = None,
         top_k: int | None = None,
@@ -73,7 +74,7 @@ class Guard(Generic[T]):
         max_new_tokens_cap: int = 2048,
         **backend_options: Any,
     ) -> None:
-        self.schema = Schema.load(schema, refs=refs)
+        self.schema = Schema.load(schema, refs=refs, assert_formats=assert_formats)
         self.policy = build_policy(retries)
         self.backend = resolve(llm, model, timeout_s=timeout_s, **backend_options)
         self.time_budget_s = time_budget_s

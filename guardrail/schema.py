@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin
+from typing import Any, TypeVar
+from urllib.parse import urldefrag, urljoin
 
 import jsonschema
 import referencing
@@ -50,10 +50,16 @@ class Schema:
     name: str
     model: type[BaseModel] | None = None
     refs: Mapping[str, Any] = field(default_factory=dict)
+    assert_formats: bool = True
 
     @classmethod
-    def load(cls, source: Any, *, refs: Mapping[str, Any] | None = None, name: str | None = None) -> Schema:
-        """Normalise ``source`` (model class, dict, path or shipped name) and check it."""
+    def load(cls, source: Any, *, refs: Mapping[str, Any] | None = None, name: str | None = None,
+             assert_formats: bool = True) -> Schema:
+        """Normalise ``source`` (model class, dict, path or shipped name) and check it.
+
+        ``assert_formats`` (default true) makes ``format`` (``email``, ``date`` ...) a check, as an
+        extractor needs; false keeps the JSON Schema default, where ``format`` only annotates.
+        """
         if isinstance(source, Schema):
             return source
         model: type[BaseModel] | None = None
@@ -79,7 +85,8 @@ class Schema:
                 f"expected a pydantic model class, a JSON Schema dict, a path or a schema name, "
                 f"got {type(source).__name__}"
             )
-        schema = cls(json_schema=document, name=name or default_name, model=model, refs=dict(refs or {}))
+        schema = cls(json_schema=document, name=name or default_name, model=model, refs=dict(refs or {}),
+                     assert_formats=assert_formats)
         schema.check()
         return schema
 
@@ -93,7 +100,8 @@ class Schema:
     def validator(self) -> Validator:
         """A ``jsonschema`` validator of the schema's draft (2020-12 unless ``$schema`` says otherwise)."""
         cls = self._validator_class
-        return cls(self.json_schema, registry=self._registry, format_checker=cls.FORMAT_CHECKER)
+        checker = cls.FORMAT_CHECKER if self.assert_formats else None
+        return cls(self.json_schema, registry=self._registry, format_checker=checker)
 
     @cached_property
     def _validator_class(self) -> type[Validator]:
@@ -158,17 +166,31 @@ class Schema:
                 ) from None
 
     def _check_refs(self) -> None:
-        base = self.json_schema.get("$id", "") if isinstance(self.json_schema.get("$id"), str) else ""
         resolver = self._registry.resolver_with_root(self._specification.create_resource(self.json_schema))
-        for location, ref_base, ref in _refs(self.json_schema, base, ""):
-            target = urljoin(ref_base, ref) if ref_base else ref
+        # Up to draft 7 a "$ref" makes its siblings, "$id" included, ignored.
+        ref_hides_id = self._validator_class in _REF_HIDES_SIBLINGS
+        for location, ref_base, ref in _refs(self.json_schema, "", "", ref_hides_id):
+            if not ref_base:
+                target = ref
+            elif ref.startswith("#"):  # as referencing does: urljoin knows nothing of e.g. "urn:" bases
+                target = urldefrag(ref_base)[0] + ref
+            else:
+                target = urljoin(ref_base, ref)
             try:
                 resolver.lookup(target)
-            except Exception as exc:  # noqa: BLE001 - only a refused remote fetch is fatal here
-                refused = _find_refusal(exc)
+            except Exception as exc:  # noqa: BLE001 - only a refused fetch or a dangling pointer is fatal here
+                dangling = _find_cause(exc, referencing.exceptions.PointerToNowhere)
+                if dangling is not None:
+                    # jsonschema would raise this at the first instance that reaches the $ref
+                    raise SchemaError(
+                        f"$ref {ref!r} points to nothing: {dangling.ref!r} does not exist in its schema",
+                        location=location,
+                        keyword="$ref",
+                    ) from None
+                refused = _find_cause(exc, _RemoteRefused)
                 if refused is None:
-                    # Anchors and pointers that cannot be resolved up front are left to validation,
-                    # where the error names the instance; a lookup quirk must not reject a valid schema.
+                    # Anything else that cannot be resolved up front is left to validation:
+                    # a lookup quirk must not reject a valid schema.
                     continue
                 raise SchemaError(
                     f"$ref {ref!r} points outside the schema ({refused.uri}); guardrail never fetches remote "
@@ -209,16 +231,24 @@ def _dialect(document: Any, refs: Mapping[str, Any]) -> type[Validator] | None:
     return None
 
 
+_REF_HIDES_SIBLINGS = (
+    jsonschema.Draft3Validator, jsonschema.Draft4Validator, jsonschema.Draft6Validator, jsonschema.Draft7Validator
+)
+
+
 class _RemoteRefused(Exception):
     def __init__(self, uri: str) -> None:
         super().__init__(f"remote reference {uri} is not fetched")
         self.uri = uri
 
 
-def _find_refusal(exc: BaseException | None) -> _RemoteRefused | None:
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _find_cause(exc: BaseException | None, kind: type[_E]) -> _E | None:
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, _RemoteRefused):
+        if isinstance(exc, kind):
             return exc
         exc = exc.__cause__ or exc.__context__
         seen += 1
@@ -229,14 +259,14 @@ def _refuse_remote(uri: str) -> referencing.Resource:
     raise _RemoteRefused(uri)
 
 
-def _refs(node: Any, base: str, location: str) -> Iterator[tuple[str, str, str]]:
+def _refs(node: Any, base: str, location: str, ref_hides_id: bool = False) -> Iterator[tuple[str, str, str]]:
     """Yield (pointer, base URI, ref) for every ``$ref`` string in a schema, tracking ``$id`` scopes."""
     if isinstance(node, dict):
         node_id = node.get("$id")
-        if isinstance(node_id, str) and not node_id.startswith("#"):
-            base = urljoin(base, node_id) if base else node_id
         ref = node.get("$ref")
-        if isinstance(ref, str) and not ref.startswith("#"):
+        if isinstance(node_id, str) and not node_id.startswith("#") and not (ref_hides_id and "$ref" in node):
+            base = urljoin(base, node_id) if base else node_id
+        if isinstance(ref, str) and (not ref.startswith("#") or ref == "#" or ref.startswith("#/")):
             yield f"{location}/$ref", base, ref
         for key, value in node.items():
             if key in _DATA_KEYWORDS:
@@ -244,12 +274,12 @@ def _refs(node: Any, base: str, location: str) -> Iterator[tuple[str, str, str]]
             if key == "properties" and isinstance(value, dict):
                 # property names are data: walk into each property's schema, not into the name
                 for name, sub in value.items():
-                    yield from _refs(sub, base, f"{location}/properties/{_escape(name)}")
+                    yield from _refs(sub, base, f"{location}/properties/{_escape(name)}", ref_hides_id)
                 continue
-            yield from _refs(value, base, f"{location}/{_escape(key)}")
+            yield from _refs(value, base, f"{location}/{_escape(key)}", ref_hides_id)
     elif isinstance(node, list):
         for index, item in enumerate(node):
-            yield from _refs(item, base, f"{location}/{index}")
+            yield from _refs(item, base, f"{location}/{index}", ref_hides_id)
 
 
 def _patterns(node: Any, location: str) -> Iterator[tuple[str, str, str]]:

@@ -143,15 +143,22 @@ def _parse(text: Any) -> Validation:
     if not stripped:
         return _fail("", "output is empty; expected a JSON value", "json", text)
     candidates = list(_candidates(stripped))
-    first_error: Validation | None = None
+    failures: list[Validation] = []
     for candidate, extracted in candidates:
         attempt = _parse_candidate(candidate)
         attempt.extracted = extracted
         if not attempt.issues:
             return attempt
-        first_error = first_error or attempt
-    if first_error is not None and ("{" in stripped or "[" in stripped or len(candidates) > 1):
-        return first_error
+        failures.append(attempt)
+    # Report the most telling failure: a cut-off (the usual max_tokens end), else the JSON found
+    # inside prose or a fence rather than the prose itself.
+    truncated = [f for f in failures if f.truncated]
+    if truncated:
+        return truncated[0]
+    if stripped[:1] in ("{", "[") and failures:
+        return failures[0]
+    if len(failures) > 1:
+        return failures[1]
     return _fail("", "no JSON found in the output: reply with a JSON value only", "json", _clip(stripped))
 
 
