@@ -45,10 +45,11 @@ PUNCTUATION: tuple[str, ...] = (",", ".", ";", ":", "!", "?", "...", " -", "'")
 
 #: Words that can be dropped without changing what a request asks for. Negations ("not",
 #: "no", "never") are left out on purpose: dropping them flips the meaning.
-STOP_WORDS: frozenset[str] = frozenset(
-    "a an the of to in on at for with by from and or is are was be this that it as "
-    "please just some so very really then also kindly".split()
-)
+STOP_WORDS: frozenset[str] = frozenset({
+    "a", "an", "the", "of", "to", "in", "on", "at", "for", "with", "by", "from", "and", "or", "is",
+    "are", "was", "be", "this", "that", "it", "as", "please", "just", "some", "so", "very", "really",
+    "then", "also", "kindly",
+})  # fmt: skip
 
 #: Short irrelevant sentences. Topics avoid everything a suite asks about (music, weather,
 #: restaurants, books, films, invoices, contacts) and carry no names, numbers, dates or times,
@@ -98,6 +99,7 @@ LONG_DISTRACTORS: tuple[str, ...] = (
 
 #: Words a removed value usually hangs on ("in Paris", "for 4 people"); info removal takes
 #: the one just before a value out with it so the remaining text still reads.
-CONNECTORS: frozenset[str] = frozenset(
-    "in at on for to from by with of the a an my our your their his her its this that".split()
-)
+CONNECTORS: frozenset[str] = frozenset({
+    "in", "at", "on", "for", "to", "from", "by", "with", "of", "the", "a", "an", "my", "our", "your",
+    "their", "his", "her", "its", "this", "that",
+})  # fmt: skip
