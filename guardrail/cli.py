@@ -20,9 +20,18 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
+def _register_report() -> None:
+    from guardrail.report.cli import register
+
+    register(app)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+_register_report()
 
 
 def _read_text(text: str) -> str:

@@ -11,15 +11,18 @@ Remote ``$ref`` targets are never fetched: pass their contents with ``refs={uri:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import ipaddress
 import json
+import numbers
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urldefrag, urljoin
+from urllib.parse import unquote, urldefrag, urljoin
 
 import jsonschema
 import referencing
@@ -29,6 +32,7 @@ from jsonschema.protocols import Validator
 from jsonschema_specifications import REGISTRY as _METASCHEMAS
 from pydantic import BaseModel
 
+from guardrail import patterns
 from guardrail.errors import SchemaError
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
@@ -100,8 +104,8 @@ class Schema:
     def validator(self) -> Validator:
         """A ``jsonschema`` validator of the schema's draft (2020-12 unless ``$schema`` says otherwise)."""
         cls = self._validator_class
-        checker = cls.FORMAT_CHECKER if self.assert_formats else None
-        return cls(self.json_schema, registry=self._registry, format_checker=checker)
+        checker = _format_checker(cls) if self.assert_formats else None
+        return _hardened(cls)(self.json_schema, registry=self._registry, format_checker=checker)
 
     @cached_property
     def _validator_class(self) -> type[Validator]:
@@ -126,6 +130,12 @@ class Schema:
 
     def check(self) -> None:
         """Raise ``SchemaError`` if the schema is invalid against its metaschema or has an unusable ``$ref``."""
+        try:
+            self._check()
+        except RecursionError:
+            raise SchemaError("the schema nests too deeply to check (hundreds of levels); flatten it with $defs") from None
+
+    def _check(self) -> None:
         if isinstance(self.json_schema, bool):
             return
         if not isinstance(self.json_schema, Mapping):
@@ -151,6 +161,7 @@ class Schema:
             )
         self._check_patterns()
         self._check_refs()
+        self._check_ref_cycles()
 
     def _check_patterns(self) -> None:
         # Python's re is what validates "pattern": a regex it cannot compile (such as the ECMA-262
@@ -158,7 +169,8 @@ class Schema:
         for location, keyword, regex in _patterns(self.json_schema, ""):
             try:
                 re.compile(regex)
-            except re.error as exc:
+                patterns.compile_pattern(regex)  # what validation matches with (bounded in time)
+            except patterns.COMPILE_ERRORS as exc:  # re.error among them
                 raise SchemaError(
                     f"{keyword} {regex!r} is not a regular expression guardrail can use (Python re): {exc}",
                     location=location,
@@ -198,6 +210,20 @@ class Schema:
                     location=location,
                     keyword="$ref",
                 ) from None
+
+    def _check_ref_cycles(self) -> None:
+        # A "$ref" loop that never moves into the instance ({"$defs": {"a": {"$ref": "#/$defs/b"},
+        # "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}) would make every validation recurse
+        # until RecursionError; refuse it here, naming the loop.
+        cycle = _in_place_cycle(self.json_schema, self._registry, self._specification,
+                                self._validator_class in _REF_HIDES_SIBLINGS)
+        if cycle:
+            loop = " -> ".join([*cycle, cycle[0]])
+            raise SchemaError(
+                f"$ref cycle that never descends into the value ({loop}): validation would recurse forever",
+                location=cycle[0],
+                keyword="$ref",
+            )
 
 
 _KNOWN_DIALECTS: dict[str, type[Validator]] = {
@@ -257,6 +283,273 @@ def _find_cause(exc: BaseException | None, kind: type[_E]) -> _E | None:
 
 def _refuse_remote(uri: str) -> referencing.Resource:
     raise _RemoteRefused(uri)
+
+
+_HARDENED: dict[type[Validator], type[Validator]] = {}
+
+
+def _hardened(cls: type[Validator]) -> type[Validator]:
+    """``cls`` with bounded regex matching (guardrail.patterns) and a linear-time ``uniqueItems``."""
+    hardened = _HARDENED.get(cls)
+    if hardened is None:
+        keywords: dict[str, Any] = dict(
+            patterns.KEYWORDS_2020_12 if cls is jsonschema.Draft202012Validator else patterns.KEYWORDS
+        )
+        keywords["uniqueItems"] = _unique_items
+        keywords = {k: v for k, v in keywords.items() if k in cls.VALIDATORS}
+        hardened = _HARDENED[cls] = jsonschema.validators.extend(cls, keywords)
+    return hardened
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    # jsonschema compares unsortable items (objects) pairwise: minutes for 20,000 of them.
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for item in instance:
+        key = _json_key(item)
+        if key in seen:
+            yield jsonschema.exceptions.ValidationError(f"{_clip_repr(instance)} has non-unique elements")
+            return
+        seen.add(key)
+
+
+def _json_key(value: Any) -> Any:
+    """A hashable key equal for equal JSON values (1 == 1.0, true != 1, key order ignored)."""
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
+    if isinstance(value, numbers.Number):
+        return ("number", value)
+    if isinstance(value, str):
+        return ("string", value)
+    if isinstance(value, Mapping):
+        return ("object", frozenset((k, _json_key(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("array", tuple(_json_key(v) for v in value))
+    return ("other", id(value))
+
+
+def _clip_repr(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# -- formats that jsonschema checks only with optional packages -------------------------------
+
+_TIME = r"(\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|([+-])(\d{2}):(\d{2}))"
+_DATE_TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt]" + _TIME, re.ASCII)
+_TIME_RE = re.compile(_TIME, re.ASCII)
+_PCT = r"%[0-9A-Fa-f]{2}"
+_SUB_DELIMS = r"!$&'()*+,;="
+#: Characters of a path, query or fragment (RFC 3986 pchar plus "/" and "?"): no brackets, no spaces.
+_PCHARS_RE = re.compile(rf"(?:[A-Za-z0-9\-._~{re.escape(_SUB_DELIMS)}:@/?]|{_PCT})*", re.ASCII)
+_USERINFO_RE = re.compile(rf"(?:[A-Za-z0-9\-._~{re.escape(_SUB_DELIMS)}:]|{_PCT})*", re.ASCII)
+_REG_NAME_RE = re.compile(rf"(?:[A-Za-z0-9\-._~{re.escape(_SUB_DELIMS)}]|{_PCT})*", re.ASCII)
+_IP_FUTURE_RE = re.compile(rf"v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~{re.escape(_SUB_DELIMS)}:]+", re.ASCII)
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):", re.ASCII)
+_VARNAME = rf"(?:[A-Za-z0-9_]|{_PCT})(?:\.?(?:[A-Za-z0-9_]|{_PCT}))*(?::[1-9][0-9]{{0,3}}|\*)?"
+_URI_TEMPLATE_RE = re.compile(
+    rf"(?:[^\x00-\x20\x7f\"%<>\\^`{{|}}]|{_PCT}|\{{[+#./;?&=,!@|]?{_VARNAME}(?:,{_VARNAME})*\}})*", re.ASCII
+)
+
+
+def _valid_time(match: re.Match[str], first: int) -> bool:
+    hour, minute, second = (int(match.group(first + i)) for i in range(3))
+    if hour > 23 or minute > 59 or second > 60:
+        return False
+    offset = 0
+    if match.group(first + 5) is not None:  # [+-]hh:mm
+        off_hour, off_minute = int(match.group(first + 6)), int(match.group(first + 7))
+        if off_hour > 23 or off_minute > 59:
+            return False
+        offset = (off_hour * 60 + off_minute) * (1 if match.group(first + 5) == "+" else -1)
+    # a leap second is 23:59:60 in UTC
+    return second < 60 or (hour * 60 + minute - offset) % 1440 == 23 * 60 + 59
+
+
+def _is_date_time(instance: object) -> bool:
+    if not isinstance(instance, str):
+        return True
+    match = _DATE_TIME_RE.fullmatch(instance)
+    if match is None:
+        return False
+    try:
+        datetime.date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    except ValueError:
+        return False
+    return _valid_time(match, 4)
+
+
+def _is_time(instance: object) -> bool:
+    if not isinstance(instance, str):
+        return True
+    match = _TIME_RE.fullmatch(instance)
+    return match is not None and _valid_time(match, 1)
+
+
+def _authority_ok(authority: str) -> bool:
+    userinfo, at, host_port = authority.rpartition("@")
+    if at and ("@" in userinfo or not _USERINFO_RE.fullmatch(userinfo)):
+        return False
+    if host_port.startswith("["):
+        literal, bracket, port = host_port[1:].partition("]")
+        if not bracket or "%" in literal:
+            return False
+        if not _IP_FUTURE_RE.fullmatch(literal):
+            try:
+                ipaddress.IPv6Address(literal)
+            except ValueError:
+                return False
+        port = port[1:] if port.startswith(":") else "x" if port else ""
+    else:
+        host, _, port = host_port.partition(":")
+        if not _REG_NAME_RE.fullmatch(host):
+            return False
+    return port.isascii() and (port == "" or port.isdigit())
+
+
+def _uri_ok(text: str, *, relative: bool) -> bool:
+    """RFC 3986 syntax: a URI, or with ``relative`` a URI reference."""
+    scheme = _SCHEME_RE.match(text)
+    if scheme is None and not relative:
+        return False
+    rest = text[scheme.end():] if scheme else text
+    hier, _, fragment = rest.partition("#")
+    path, _, query = hier.partition("?")
+    if path.startswith("//"):
+        authority, slash, tail = path[2:].partition("/")
+        if not _authority_ok(authority):
+            return False
+        path = slash + tail
+    elif scheme is None and ":" in path.split("/", 1)[0]:
+        return False  # a relative path's first segment cannot hold a colon
+    return all(_PCHARS_RE.fullmatch(part) for part in (path, query, fragment))
+
+
+def _is_uri(instance: object) -> bool:
+    return not isinstance(instance, str) or _uri_ok(instance, relative=False)
+
+
+def _is_uri_reference(instance: object) -> bool:
+    return not isinstance(instance, str) or _uri_ok(instance, relative=True)
+
+
+def _is_uri_template(instance: object) -> bool:
+    return not isinstance(instance, str) or _URI_TEMPLATE_RE.fullmatch(instance) is not None
+
+
+#: RFC 3339 / RFC 3986 / RFC 6570 syntax checks, used where jsonschema lacks the optional package.
+_EXTRA_FORMATS = {
+    "date-time": _is_date_time,
+    "time": _is_time,
+    "uri": _is_uri,
+    "uri-reference": _is_uri_reference,
+    "uri-template": _is_uri_template,
+}
+_FORMAT_CHECKERS: dict[type[Validator], jsonschema.FormatChecker] = {}
+
+
+def _format_checker(cls: type[Validator]) -> jsonschema.FormatChecker:
+    """``cls``'s format checker, plus guardrail's checks for common formats it cannot check here."""
+    checker = _FORMAT_CHECKERS.get(cls)
+    if checker is None:
+        base = cls.FORMAT_CHECKER
+        checker = jsonschema.FormatChecker(formats=())
+        checker.checkers = dict(base.checkers)
+        for name, function in _EXTRA_FORMATS.items():
+            if name not in checker.checkers:
+                checker.checks(name)(function)
+        _FORMAT_CHECKERS[cls] = checker
+    return checker
+
+
+# -- $ref loops that never move into the instance ------------------------------------------
+
+#: Keywords whose subschemas apply to the same instance as their parent ("in place").
+_IN_PLACE = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependencies")
+#: Keywords holding a map of name -> subschema.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "dependentSchemas", "dependencies"})
+#: Keywords reached only through a "$ref", not by evaluation.
+_DEFINITIONS = frozenset({"$defs", "definitions"})
+
+
+def _subschemas(node: Mapping[str, Any], ref_hides_siblings: bool) -> Iterator[tuple[str, Any, bool]]:
+    """(pointer suffix, subschema, in place) for each subschema that validation may apply to ``node``'s instance."""
+    for key, value in node.items():
+        if key in _DATA_KEYWORDS or key in _DEFINITIONS or key == "$ref":
+            continue
+        if ref_hides_siblings and "$ref" in node:
+            break
+        in_place = key in _IN_PLACE
+        if key in _SCHEMA_MAPS and isinstance(value, Mapping):
+            for name, sub in value.items():
+                if isinstance(sub, Mapping):
+                    yield f"/{_escape(key)}/{_escape(name)}", sub, in_place
+        elif isinstance(value, Mapping):
+            yield f"/{_escape(key)}", value, in_place
+        elif isinstance(value, list):
+            for index, sub in enumerate(value):
+                if isinstance(sub, Mapping):
+                    yield f"/{_escape(key)}/{index}", sub, in_place
+
+
+def _in_place_cycle(document: Any, registry: referencing.Registry, specification: Any,
+                    ref_hides_siblings: bool) -> list[str]:
+    """Pointers of a loop of in-place subschemas reachable from the root, or ``[]``.
+
+    Iterative (a deep schema must not recurse here); nodes are dicts, by identity.
+    """
+    if not isinstance(document, Mapping):
+        return []
+    root = registry.resolver_with_root(specification.create_resource(document))
+    # Reachable nodes, with their pointer and resolver, and the in-place edges between them.
+    where: dict[int, str] = {id(document): ""}
+    edges: dict[int, list[int]] = {}
+    todo: list[tuple[Mapping[str, Any], str, Any]] = [(document, "", root)]
+    while todo:
+        node, pointer, resolver = todo.pop()
+        resolver = resolver.in_subresource(specification.create_resource(node))
+        out = edges[id(node)] = []
+        targets: list[tuple[Any, str, Any, bool]] = [
+            (sub, pointer + suffix, resolver, in_place) for suffix, sub, in_place in _subschemas(node, ref_hides_siblings)
+        ]
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                resolved = resolver.lookup(ref)
+            except Exception:  # noqa: BLE001 - unresolvable refs are _check_refs' business
+                resolved = None
+            if resolved is not None and isinstance(resolved.contents, Mapping):
+                label = unquote(ref[1:]) if ref.startswith("#") else ref  # "#/$defs/a" -> "/$defs/a"
+                targets.append((resolved.contents, label, resolved.resolver, True))
+        for sub, sub_pointer, sub_resolver, in_place in targets:
+            if in_place:
+                out.append(id(sub))
+            if id(sub) not in where:
+                where[id(sub)] = sub_pointer
+                todo.append((sub, sub_pointer, sub_resolver))
+    # A cycle among in-place edges (three-colour depth-first search, with an explicit stack).
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+    for start in edges:
+        if state.get(start):
+            continue
+        path = [start]
+        stack = [iter(edges[start])]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+                continue
+            if state.get(nxt) == 1:
+                loop = path[path.index(nxt):]
+                return [where[n] or "/" for n in loop]
+            if not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(edges.get(nxt, ())))
+    return []
 
 
 def _refs(node: Any, base: str, location: str, ref_hides_id: bool = False) -> Iterator[tuple[str, str, str]]:

@@ -13,6 +13,7 @@ The steps, each recorded so a re-ask can say exactly what went wrong:
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from guardrail import patterns
 from guardrail.result import Issue
 from guardrail.schema import Schema, _pointer
 
@@ -27,6 +29,10 @@ from guardrail.schema import Schema, _pointer
 MAX_CHARS = 1_000_000
 #: Deeper nesting than this is refused before parsing (Python's parser would recurse).
 MAX_DEPTH = 200
+#: Longest integer literal read (Python's own limit on int-from-text conversion).
+MAX_INT_DIGITS = 4300
+#: Issue messages are clipped to this many characters (an enum of 100k values makes a 1 MB message).
+MAX_MESSAGE_CHARS = 500
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|jsonc)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
@@ -76,8 +82,17 @@ def check(schema: Schema, data: Any) -> list[Issue]:
 
 
 def schema_issues(schema: Schema, data: Any) -> list[Issue]:
-    """JSON Schema violations of ``data``, deepest path first within the same location order."""
-    errors = sorted(schema.validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    """JSON Schema violations of ``data``, deepest path first within the same location order.
+
+    Regex matching is bounded in time (``guardrail.patterns``); a value too deep for the schema's
+    recursion gives one ``depth`` issue instead of a ``RecursionError``.
+    """
+    try:
+        with patterns.regex_budget():
+            errors = sorted(schema.validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    except RecursionError:
+        return [Issue(path="", message="the value nests too deeply to check against this schema", value=None,
+                      keyword="depth")]
     return [_schema_issue(e) for e in errors]
 
 
@@ -89,7 +104,10 @@ def _schema_issue(error: Any) -> Issue:
         if missing:
             return Issue(path=_pointer([*path, missing[0]]), message="required property is missing",
                          value=None, keyword="required")
-    return Issue(path=_pointer(path), message=error.message, value=error.instance, keyword=str(error.validator))
+    message = error.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return Issue(path=_pointer(path), message=message, value=error.instance, keyword=str(error.validator))
 
 
 def _instantiate(schema: Schema, data: Any) -> Any:
@@ -117,6 +135,10 @@ class _BadConstant(ValueError):
     pass
 
 
+class _BadNumber(ValueError):
+    pass
+
+
 def _no_duplicates(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
@@ -130,8 +152,25 @@ def _refuse_constant(name: str) -> Any:
     raise _BadConstant(name)
 
 
+def _read_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise _BadNumber(f"an integer of {len(text):,} digits is too long (limit {MAX_INT_DIGITS:,})")
+    return int(text)
+
+
+def _read_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _BadNumber(f"the number {_clip(text, 40)} is out of range (it would be infinite)")
+    return value
+
+
+_DECODING = {"object_pairs_hook": _no_duplicates, "parse_constant": _refuse_constant, "parse_int": _read_int,
+             "parse_float": _read_float}
+
+
 def _loads(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+    return json.loads(text, **_DECODING)  # type: ignore[arg-type]
 
 
 def _parse(text: Any) -> Validation:
@@ -170,7 +209,7 @@ def _candidates(text: str) -> Iterable[tuple[str, bool]]:
     starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
     if starts:
         start = min(starts)
-        decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+        decoder = json.JSONDecoder(**_DECODING)  # type: ignore[arg-type]
         try:
             _, end = decoder.raw_decode(text, start)
         except (ValueError, RecursionError):
@@ -190,6 +229,8 @@ def _parse_candidate(text: str) -> Validation:
         return _fail("", f"duplicate key {exc.args[0]!r} in an object", "json", _clip(text))
     except _BadConstant as exc:
         return _fail("", f"{exc.args[0]} is not valid JSON; use null or a number", "json", _clip(text))
+    except _BadNumber as exc:
+        return _fail("", str(exc), "json", _clip(text))
     except json.JSONDecodeError as exc:
         if _is_truncated(text):
             result = _fail(
