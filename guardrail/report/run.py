@@ -1,0 +1,385 @@
+"""The report job behind ``guardrail report``: plan, run (resumably), score, write three files.
+
+``run_report`` plans every prompt with ``guardrail.robustness.plan``, skips the ones a previous
+run of the same configuration already finished, sends the rest through one ``Guard`` per task in
+batches, appends each outcome row to ``OUT/results.jsonl`` as it arrives, and finally writes
+``report.json``, ``report.md`` and ``report.html`` from *all* the rows of the run.
+
+Resume rules (the file handling lives in ``guardrail.report.store``):
+
+* the run is keyed by a hash of its configuration (suite content, model, families, severities,
+  seeds, retries, decoding modes, limit, guardrail version), stored in ``OUT/run.json``; each
+  row is keyed by ``mode/task/case/family/severity/seed/target``;
+* rerunning the same command skips finished rows; a *changed* configuration moves the old
+  ``results.jsonl`` and ``run.json`` aside (``results.<oldhash>.jsonl``) and starts afresh, so
+  rows of two configurations are never mixed and nothing is deleted;
+* a torn last line (the process was killed mid-write) is cut off, reported, and its row rerun;
+* Ctrl-C stops after the current batch is abandoned: finished rows stay, the report of what
+  is there is written (marked incomplete), and the exit code is 130; rerun to resume.
+
+Rows are sorted by plan position before scoring, so an interrupted-then-resumed run and an
+uninterrupted one give the same metrics (given a deterministic model: greedy decoding).
+
+>>> from guardrail.suite import parse_suite
+>>> suite = parse_suite({"name": "demo", "schema": {"type": "object"}, "instruction": "Return {}.",
+...                      "cases": [{"id": "a", "input": "hello there", "gold": {}}]})
+>>> import tempfile
+>>> done = run_report(suite, families=["case"], severities=[0.5], seeds=1, out_dir=tempfile.mkdtemp(),
+...                   llm=lambda prompt: "{}", n_boot=10)
+>>> done.exit_code, done.score, done.rows_done
+(0, 100.0, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guardrail.errors import SuiteError
+from guardrail.perturb import FAMILIES
+from guardrail.report.html import render_html
+from guardrail.report.json import build_report, write_json
+from guardrail.report.markdown import render_markdown
+from guardrail.report.store import Store
+from guardrail.robustness import PlanItem, outcome_row, plan
+from guardrail.suite import Suite, Task, load_suite
+
+#: Where the suite ``guardrail report`` runs when none is given may live: packaged inside a wheel
+#: (if the build force-includes it there), or in the source checkout's examples.
+DEFAULT_SUITE_PLACES: tuple[Path, ...] = (
+    Path(__file__).resolve().parents[1] / "suites" / "snips.yaml",
+    Path(__file__).resolve().parents[2] / "examples" / "suites" / "snips.yaml",
+)
+#: Defaults sized for the embedded model on a 2-core CPU (see ``guardrail.report.cli``).
+DEFAULT_FAMILIES: tuple[str, ...] = ("typos", "ocr", "case", "distractor")
+DEFAULT_SEVERITIES: tuple[float, ...] = (0.1, 0.3)
+DEFAULT_SEEDS = 1
+#: Exit codes: success, score under ``fail_under``, interrupted (as a shell reports SIGINT).
+EXIT_OK, EXIT_FAIL_UNDER, EXIT_INTERRUPTED = 0, 3, 130
+
+#: Other spellings accepted for family names (the issue's CLI names, plurals, long forms).
+ALIASES: dict[str, str] = {
+    "typo": "typos", "char_typos": "typos", "keyboard": "typos",
+    "ocr_confusions": "ocr", "ocr_confusion": "ocr",
+    "casing": "case", "case_noise": "case",
+    "distractors": "distractor",
+    "space": "whitespace", "spaces": "whitespace",
+    "punct": "punctuation",
+    "homoglyphs": "unicode", "homoglyph": "unicode",
+    "swap": "word_swap", "duplicate": "word_duplicate", "stopwords": "stopword_drop",
+    "info_removal": "info_removed", "removal": "info_removed",
+}  # fmt: skip
+
+#: ``progress(done, total, label)``: rows finished so far (resumed ones included), rows planned,
+#: and what is running now.
+Progress = Callable[[int, int, str], None]
+
+
+def canonical_family(name: str) -> str:
+    """The ``guardrail.perturb`` name of a family, accepting aliases, case and ``-``.
+
+    ``"a+b"`` compositions and ``"family.kind"`` selections keep their shape.
+
+    >>> canonical_family("Distractors"), canonical_family("typos.transpose"), canonical_family("ocr+case")
+    ('distractor', 'typos.transpose', 'ocr+case')
+    """
+    parts = []
+    for part in name.split("+"):
+        base, dot, kind = part.strip().lower().replace("-", "_").partition(".")
+        base = ALIASES.get(base, base)
+        if base not in FAMILIES:
+            known = ", ".join(FAMILIES)
+            raise ValueError(f"unknown perturbation family {part.strip()!r}; choose from {known}")
+        parts.append(base + dot + kind)
+    return "+".join(parts)
+
+
+@dataclass
+class ReportRun:
+    """What ``run_report`` did: the exit code to use, the score, and where everything is.
+
+    ``exit_code`` is 0, 3 (score under ``fail_under``) or 130 (interrupted; rerun to resume).
+    """
+
+    out_dir: Path
+    exit_code: int
+    score: float | None
+    complete: bool
+    interrupted: bool
+    rows_planned: int
+    rows_done: int
+    rows_reused: int
+    rows_run: int
+    config_hash: str
+    torn: list[str] = field(default_factory=list)
+    moved_aside: list[Path] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+    resume_hint: str = ""
+    report: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def run_report(
+    suite: str | os.PathLike[str] | Suite | None = None,
+    model: str = "embedded",
+    families: Iterable[str] = DEFAULT_FAMILIES,
+    severities: Iterable[float] = DEFAULT_SEVERITIES,
+    seeds: int | Iterable[int] = DEFAULT_SEEDS,
+    retries: int = 2,
+    compare_unconstrained: bool = False,
+    out_dir: str | os.PathLike[str] = "report",
+    batch_size: int = 16,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    *,
+    fail_under: float | None = None,
+    llm: Callable[..., Any] | None = None,
+    n_boot: int = 1000,
+    target: str = "input",
+    guard_options: dict[str, Any] | None = None,
+) -> ReportRun:
+    """Run (or resume) a robustness report into ``out_dir``; see the module docstring.
+
+    ``suite``: a path, a loaded ``Suite``, or ``None`` for the shipped SNIPS suite. ``model``
+    names a local model (``"embedded"``); ``llm`` instead gives your own function (prompt →
+    text), which is what tests use. ``seeds``: a count (``3`` → 0, 1, 2) or the seeds.
+    ``limit`` keeps the first N cases, taken round-robin over the tasks so each task is
+    represented. ``compare_unconstrained`` runs every prompt a second time with constrained
+    decoding off. ``guard_options`` go to every ``Guard`` (e.g. ``max_new_tokens``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    loaded = _load(suite)
+    chosen = _limit(loaded, limit)
+    fams = list(dict.fromkeys(canonical_family(f) for f in families))
+    sevs = [float(s) for s in severities]
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not fams or not sevs or not seed_list:
+        raise ValueError("give at least one family, one severity and one seed")
+    if any(not 0.0 <= s <= 1.0 for s in sevs):
+        raise ValueError(f"severities must be in [0, 1], got {sevs}")
+    modes = ["constrained", "unconstrained"] if compare_unconstrained else ["constrained"]
+    config = {
+        "suite": chosen.name,
+        "suite_hash": _suite_hash(chosen),
+        "model": _model_name(model, llm),
+        "families": fams,
+        "severities": sevs,
+        "seeds": seed_list,
+        "retries": retries,
+        "modes": modes,
+        "limit": limit,
+        "target": target,
+        "guard_options": guard_options or {},
+        "guardrail": _guardrail_version(),
+    }
+    store = Store.open(out_dir, config)
+    items = plan(chosen, fams, sevs, seed_list, target)  # type: ignore[arg-type]
+    work = [(mode, item, item_key(mode, item)) for mode in modes for item in items]
+    position = {key: i for i, (_, _, key) in enumerate(work)}
+    done = store.done & position.keys()
+    reused = len(done)
+    pending = [w for w in work if w[2] not in done]
+    total = len(work)
+    if progress:
+        progress(reused, total, "resumed" if reused else "starting")
+    runner = _Runner(chosen, model, llm, retries, guard_options or {})
+    interrupted = False
+    ran = 0
+    try:
+        for mode, task, batch in _batches(pending, batch_size):
+            prompts = [item.prompt() for _, item, _ in batch]
+            guard = runner.guard(task)
+            overrides = {"constrained": False} if mode == "unconstrained" else {}
+            results = guard.run_many(prompts, concurrency=batch_size, **overrides)
+            rows = []
+            for (_, item, key), prompt, result in zip(batch, prompts, results, strict=True):
+                rows.append({**outcome_row(item, prompt, result), "key": key, "mode": mode, **_issues(result)})
+            store.append(rows)
+            store.sync()  # durable at each batch end: a crash loses at most the batch in flight
+            ran += len(rows)
+            if progress:
+                progress(reused + ran, total, f"{mode} · {task.name}")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        store.close()
+    return _finish(store, work, position, modes, chosen, runner, interrupted, reused, ran, fail_under, n_boot)
+
+
+def item_key(mode: str, item: PlanItem) -> str:
+    """The stable name of one planned prompt within a run (the resume key, with the config hash)."""
+    return f"{mode}/{item.task.name}/{item.case.id}/{item.family}/{item.severity:g}/{item.seed}/{item.target}"
+
+
+def _finish(store: Store, work: list[tuple[str, PlanItem, str]], position: dict[str, int], modes: list[str],
+            suite: Suite, runner: _Runner, interrupted: bool, reused: int, ran: int,
+            fail_under: float | None, n_boot: int) -> ReportRun:
+    # Plan order, not arrival order: resumed and uninterrupted runs must score the same rows alike.
+    rows = sorted((r for r in store.rows if r.get("key") in position), key=lambda r: position[str(r["key"])])
+    unique = {str(r["key"]): r for r in reversed(rows)}  # the first copy of a key wins
+    rows = sorted(unique.values(), key=lambda r: position[str(r["key"])])
+    complete = len(rows) == len(work)
+    hint = "" if complete else (f"{len(work) - len(rows)} prompts still to run: rerun the same command to resume "
+                                "(finished rows are kept).")
+    run_info: dict[str, Any] = {"rows_planned": len(work), "rows_done": len(rows), "complete": complete}
+    if hint:
+        run_info["resume_hint"] = hint
+    if store.torn:
+        run_info["torn_lines"] = [str(t) for t in store.torn]
+    if store.moved_aside:
+        run_info["moved_aside"] = [p.name for p in store.moved_aside]
+    report = build_report(
+        {mode: [r for r in rows if r.get("mode") == mode] for mode in modes},
+        suite=suite.name, config=store.config, config_hash=store.hash, model=runner.describe(), run=run_info,
+        n_boot=n_boot,
+    )
+    files = write_report(report, store.out_dir)
+    score = report.get("score")
+    if interrupted:
+        code = EXIT_INTERRUPTED
+    elif fail_under is not None and (score is None or score < fail_under):
+        code = EXIT_FAIL_UNDER
+    else:
+        code = EXIT_OK
+    return ReportRun(
+        out_dir=store.out_dir, exit_code=code, score=score, complete=complete, interrupted=interrupted,
+        rows_planned=len(work), rows_done=len(rows), rows_reused=reused, rows_run=ran, config_hash=store.hash,
+        torn=[str(t) for t in store.torn], moved_aside=list(store.moved_aside), files=files, resume_hint=hint,
+        report=report,
+    )
+
+
+def write_report(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``report.html``; each replaces the old one atomically.
+
+    >>> import tempfile
+    >>> from guardrail.report.json import build_report
+    >>> sorted(write_report(build_report({}, suite="empty"), tempfile.mkdtemp()))
+    ['html', 'json', 'md']
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for kind, render in (("md", render_markdown), ("html", render_html)):
+        path = out / f"report.{kind}"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(render(report), encoding="utf-8")
+        os.replace(tmp, path)
+        files[kind] = path
+    tmp_json = write_json(report, out / "report.json.tmp")
+    os.replace(tmp_json, out / "report.json")
+    files["json"] = out / "report.json"
+    return files
+
+
+class _Runner:
+    """Builds one guard per task on first use, so a fully resumed run never loads the model."""
+
+    def __init__(self, suite: Suite, model: str, llm: Callable[..., Any] | None, retries: int,
+                 options: dict[str, Any]) -> None:
+        self.model, self.llm, self.retries, self.options = model, llm, retries, options
+        self._backend: Any = None
+        self._guards: dict[str, Any] = {}
+
+    def backend(self) -> Any:
+        if self._backend is None:
+            from guardrail.backends import resolve
+
+            # One backend for every task: the model loads once, each schema compiles once.
+            self._backend = resolve(self.llm, None if self.llm is not None else self.model)
+        return self._backend
+
+    def guard(self, task: Task) -> Any:
+        if task.name not in self._guards:
+            from guardrail.guard import Guard
+
+            self._guards[task.name] = Guard(task.schema, llm=self.backend(), retries=self.retries, **self.options)
+        return self._guards[task.name]
+
+    def describe(self) -> dict[str, Any]:
+        if self.llm is not None:
+            return {"backend": "callable", "function": _model_name("", self.llm)}
+        if self._backend is None:
+            return {"backend": "local", "model": self.model}
+        info = dict(self._backend.describe())
+        info.setdefault("model", self.model)
+        return info
+
+
+def _batches(pending: Sequence[tuple[str, PlanItem, str]],
+             size: int) -> Iterable[tuple[str, Task, list[tuple[str, PlanItem, str]]]]:
+    """Consecutive runs of the same mode and task, cut into batches (one guard per batch)."""
+    group: list[tuple[str, PlanItem, str]] = []
+    for entry in pending:
+        if group and (entry[0] != group[0][0] or entry[1].task is not group[0][1].task or len(group) >= size):
+            yield group[0][0], group[0][1].task, group
+            group = []
+        group.append(entry)
+    if group:
+        yield group[0][0], group[0][1].task, group
+
+
+def _issues(result: Any) -> dict[str, Any]:
+    """The last failed attempt's issues as text (outcome rows keep only the final error)."""
+    attempts = list(result.attempts)
+    failed = next((a for a in reversed(attempts) if a.issues or a.error), None)
+    issues = [] if failed is None else [str(i) for i in failed.issues] or ([failed.error] if failed.error else [])
+    return {"issues": issues if not result.ok or len(attempts) > 1 else [],
+            "endings": [a.ended for a in attempts]}
+
+
+def default_suite() -> Path:
+    """The shipped SNIPS suite's path; ``SuiteError`` with the places looked in when it is missing."""
+    found = next((p for p in DEFAULT_SUITE_PLACES if p.is_file()), None)
+    if found is None:
+        raise SuiteError("the shipped SNIPS suite is not installed here (looked in "
+                         f"{', '.join(map(str, DEFAULT_SUITE_PLACES))}); give a suite file")
+    return found
+
+
+def _load(suite: str | os.PathLike[str] | Suite | None) -> Suite:
+    if isinstance(suite, Suite):
+        return suite
+    return load_suite(default_suite() if suite is None else Path(suite))
+
+
+def _limit(suite: Suite, limit: int | None) -> Suite:
+    """The first ``limit`` cases, round-robin over tasks, so a small run still covers every task."""
+    if limit is None or limit >= len(suite):
+        return suite
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    kept: dict[str, list[Any]] = {t.name: [] for t in suite.tasks}
+    n, depth = 0, 0
+    while n < limit:
+        for task in suite.tasks:
+            if depth < len(task.cases) and n < limit:
+                kept[task.name].append(task.cases[depth])
+                n += 1
+        depth += 1
+    tasks = [Task(t.name, t.schema, t.instruction, t.examples, kept[t.name], t.template, t.example_template,
+                  t.schema_ref) for t in suite.tasks if kept[t.name]]
+    return Suite(suite.name, tasks, suite.description, suite.source)
+
+
+def _suite_hash(suite: Suite) -> str:
+    text = json.dumps(suite.to_dict(), sort_keys=True, ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _model_name(model: str, llm: Callable[..., Any] | None) -> str:
+    if llm is None:
+        return model
+    name = getattr(llm, "__qualname__", None) or type(llm).__qualname__
+    return f"callable:{getattr(llm, '__module__', '?')}.{name}"
+
+
+def _guardrail_version() -> str:
+    from guardrail import __version__
+
+    return __version__
