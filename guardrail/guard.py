@@ -46,7 +46,7 @@ class Guard(Generic[T]):
     (a retry samples at least this hot so it can leave a bad greedy path), ``examples``
     (few-shot ``(input, output)`` pairs for the default instructions), ``instructions``
     (replace the default system prompt), and sampling defaults (``temperature``, ``top_p``,
-    ``top_k``, ``seed``, ``max_new_tokens``). Other keywords go to the local backend
+    ``top_k``, ``seed``, ``max_new_tokens``, ``repetition_penalty``). Other keywords go to the local backend
     (``engine``, ``device``).
     """
 
@@ -71,6 +71,7 @@ class Guard(Generic[T]):
         top_k: int | None = None,
         seed: int | None = None,
         max_new_tokens: int = 256,
+        repetition_penalty: float | None = None,
         max_new_tokens_cap: int = 2048,
         **backend_options: Any,
     ) -> None:
@@ -85,7 +86,7 @@ class Guard(Generic[T]):
         self.instructions = instructions
         self.max_new_tokens_cap = max_new_tokens_cap
         self.sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                 max_new_tokens=max_new_tokens)
+                                 max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
         _check_template(reask_template)
         self.backend.prepare(self.schema)
 
@@ -224,6 +225,7 @@ class _Episode:
             prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
             ended="valid" if checked.ok else "truncated" if truncated else "invalid",
             extracted=checked.extracted, finish_reason=outcome.finish_reason,
+            max_new_tokens=self.sampling.max_new_tokens,
         )
         self.attempts.append(attempt)
         if checked.ok:

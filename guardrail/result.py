@@ -52,6 +52,7 @@ class Attempt:
     ended: Ending = "invalid"
     extracted: bool = False
     finish_reason: str | None = None
+    max_new_tokens: int | None = None
 
     @property
     def tokens(self) -> int | None:
@@ -80,6 +81,7 @@ class Attempt:
             "ended": self.ended,
             "extracted": self.extracted,
             "finish_reason": self.finish_reason,
+            "max_new_tokens": self.max_new_tokens,
         }
 
 

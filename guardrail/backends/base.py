@@ -34,6 +34,9 @@ class Sampling:
     seed: int | None = None
     max_new_tokens: int = 256
     constrained: bool = True
+    #: > 1 discourages repeating tokens: small models under a grammar tend to loop (list items,
+    #: digits). ``None`` leaves the model's distribution untouched.
+    repetition_penalty: float | None = None
 
     def but(self, **changes: Any) -> Sampling:
         """A copy with some fields changed."""

@@ -186,6 +186,9 @@ class _Engine:
     forbid_newlines = False  # whether it can hold free strings to a no-newline pattern
     cap_patterns = False  # whether it applies maxLength together with a pattern or format
 
+    def __init__(self, outlines_model: Any) -> None:
+        """Adapt the tokenizer of ``outlines_model`` (an ``outlines.from_transformers`` model)."""
+
     def words(self, width: int) -> int:
         """int32 words per row of the bitmask, for logits ``width`` wide."""
         return (width + 31) // 32
@@ -662,6 +665,8 @@ class LocalBackend(Backend):
             "bos_token_id": getattr(shipped, "bos_token_id", None),
             "do_sample": sampling.temperature > 0,
         }
+        if sampling.repetition_penalty is not None:
+            options["repetition_penalty"] = sampling.repetition_penalty
         if options["do_sample"]:
             options.update(temperature=sampling.temperature, top_p=sampling.top_p if sampling.top_p is not None else 1.0,
                            top_k=sampling.top_k if sampling.top_k is not None else 0)
