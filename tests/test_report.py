@@ -209,7 +209,7 @@ def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run
 def test_ctrl_c_keeps_finished_rows_writes_a_partial_report_and_resumes(tmp_path: Path) -> None:
     (tmp_path / "fake_llm.py").write_text(FAKE_LLM)
     out, counter = tmp_path / "out", tmp_path / "calls"
-    env = {**os.environ, "FAKE_LLM_COUNTER": str(counter), "FAKE_LLM_SLEEP": "0.05"}
+    env = {**os.environ, "FAKE_LLM_COUNTER": str(counter), "FAKE_LLM_SLEEP": "0.1"}
     process = subprocess.Popen([sys.executable, "-c", _job(tmp_path, out)], env=env, cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = out / "results.jsonl"

@@ -45,8 +45,8 @@ DEMO_LIMIT = 7
 #: Tokens per attempt, re-asks included. SNIPS answers need under 60. A small model can loop
 #: inside a JSON array until the budget runs out, and every row of a batch waits for the longest,
 #: so the budget is also the cap: a truncated output is re-asked with the same budget instead of
-#: the guard's default of twice as many (128 -> 256 -> 512 steps for the whole batch).
-DEFAULT_MAX_NEW_TOKENS = 128
+#: the guard's default of twice as many (96 -> 192 -> 384 steps for the whole batch).
+DEFAULT_MAX_NEW_TOKENS = 96
 
 err = Console(stderr=True)
 
@@ -85,6 +85,9 @@ def report(
                                                        f"(default: all, or {DEMO_LIMIT} for the shipped suite; "
                                                        "0: all).")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Token limit per attempt.")] = DEFAULT_MAX_NEW_TOKENS,
+    chat: Annotated[bool | None, typer.Option(
+        "--chat/--text", help="Send chat messages (few-shot examples as turns) or one rendered text "
+                              "(default: chat for a local model).")] = None,
     fail_under: Annotated[float | None, typer.Option(
         help="Exit with code 3 when the score (0-100) is below this.")] = None,
     llm: Annotated[str | None, typer.Option(
@@ -121,7 +124,7 @@ def report(
 
         try:
             result = run_report(suite, model, families, severities, seeds, retries, compare_unconstrained, out,
-                                batch_size, limit or None, progress, fail_under=fail_under, llm=function,
+                                batch_size, limit or None, progress, fail_under=fail_under, llm=function, chat=chat,
                                 guard_options={"max_new_tokens": max_new_tokens,
                                                "max_new_tokens_cap": max_new_tokens})
         except (GuardrailError, ValueError, OSError) as exc:

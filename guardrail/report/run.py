@@ -140,6 +140,7 @@ def run_report(
     llm: Callable[..., Any] | None = None,
     n_boot: int = 1000,
     target: str = "input",
+    chat: bool | None = None,
     guard_options: dict[str, Any] | None = None,
 ) -> ReportRun:
     """Run (or resume) a robustness report into ``out_dir``; see the module docstring.
@@ -149,7 +150,10 @@ def run_report(
     text), which is what tests use. ``seeds``: a count (``3`` → 0, 1, 2) or the seeds.
     ``limit`` keeps the first N cases, taken round-robin over the tasks so each task is
     represented. ``compare_unconstrained`` runs every prompt a second time with constrained
-    decoding off. ``guard_options`` go to every ``Guard`` (e.g. ``max_new_tokens``).
+    decoding off. ``chat`` sends chat messages (instruction as system, few-shot examples as
+    turns) instead of one rendered text; by default a local model gets chat messages (the
+    embedded model copies text-inlined examples far more often) and an ``llm`` function gets
+    text. ``guard_options`` go to every ``Guard`` (e.g. ``max_new_tokens``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -163,6 +167,7 @@ def run_report(
     if any(not 0.0 <= s <= 1.0 for s in sevs):
         raise ValueError(f"severities must be in [0, 1], got {sevs}")
     modes = ["constrained", "unconstrained"] if compare_unconstrained else ["constrained"]
+    use_chat = (llm is None) if chat is None else chat
     config = {
         "suite": chosen.name,
         "suite_hash": _suite_hash(chosen),
@@ -174,6 +179,7 @@ def run_report(
         "modes": modes,
         "limit": limit,
         "target": target,
+        "chat": use_chat,
         "guard_options": guard_options or {},
         "guardrail": _guardrail_version(),
     }
@@ -187,12 +193,12 @@ def run_report(
     total = len(work)
     if progress:
         progress(reused, total, "resumed" if reused else "starting")
-    runner = _Runner(chosen, model, llm, retries, guard_options or {})
+    runner = _Runner(model, llm, retries, guard_options or {})
     interrupted = False
     ran = 0
     try:
         for mode, task, batch in _batches(pending, batch_size):
-            prompts = [item.prompt() for _, item, _ in batch]
+            prompts = [item.prompt(chat=use_chat) for _, item, _ in batch]
             guard = runner.guard(task)
             overrides = {"constrained": False} if mode == "unconstrained" else {}
             results = guard.run_many(prompts, concurrency=batch_size, **overrides)
@@ -280,8 +286,7 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> dic
 class _Runner:
     """Builds one guard per task on first use, so a fully resumed run never loads the model."""
 
-    def __init__(self, suite: Suite, model: str, llm: Callable[..., Any] | None, retries: int,
-                 options: dict[str, Any]) -> None:
+    def __init__(self, model: str, llm: Callable[..., Any] | None, retries: int, options: dict[str, Any]) -> None:
         self.model, self.llm, self.retries, self.options = model, llm, retries, options
         self._backend: Any = None
         self._guards: dict[str, Any] = {}
