@@ -168,7 +168,7 @@ def attempts_histogram(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return {str(n): counts.get(n, 0) for n in range(min(min(counts), 1), top + 1)}
 
 
-def worst_cases(rows: Sequence[Mapping[str, Any]], *, limit: int = 8) -> list[dict[str, Any]]:
+def worst_cases(rows: Sequence[Mapping[str, Any]], *, limit: int = 8, per_case_limit: int = 2) -> list[dict[str, Any]]:
     """The perturbed rows that lost most field F1 against their case's clean row, worst first.
 
     Ties go to invalid outputs first, then to plan order, so the choice is deterministic. Each
@@ -190,14 +190,18 @@ def worst_cases(rows: Sequence[Mapping[str, Any]], *, limit: int = 8) -> list[di
     scored.sort(key=lambda s: s[:3])
     out: list[dict[str, Any]] = []
     shown: set[tuple[Any, ...]] = set()
+    per_case: dict[tuple[Any, Any], int] = defaultdict(int)
     for _, _, _, row, base, f1, clean_f1 in scored:
         if len(out) >= limit:
             break
-        # Two seeds can give the same perturbed text (and the same failure): show it once.
+        # Two seeds can give the same perturbed text (and the same failure): show it once. And at
+        # most ``per_case`` rows of one case, so one hard case does not fill the whole section.
         seen = (row.get("task"), row["case_id"], family_key(row), row.get("input"), row.get("instruction"), row.get("raw"))
-        if seen in shown:
+        case = (row.get("task"), row["case_id"])
+        if seen in shown or per_case[case] >= per_case_limit:
             continue
         shown.add(seen)
+        per_case[case] += 1
         out.append({
             "key": row.get("key"),
             "task": row.get("task"),
