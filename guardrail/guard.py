@@ -110,18 +110,12 @@ class Guard(Generic[T]):
         A batching backend (the local model) gets up to ``concurrency`` prompts per generate call;
         any other backend gets up to ``concurrency`` calls in flight at once.
         """
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        episodes = [self._episode(p, sampling) for p in prompts]
-        if self.backend.batches:
-            for start in range(0, len(episodes), concurrency):
-                self._drive(episodes[start : start + concurrency], self.backend)
-        else:
-            _run_coroutine(self._adrive_bounded(episodes, concurrency))
-        return [e.result() for e in episodes]
+        return _run_coroutine(self.arun_many(prompts, concurrency=concurrency, **sampling))  # type: ignore[no-any-return]
 
     async def arun_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4, **sampling: Any) -> list[Result[T]]:
         """Async ``run_many``."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         episodes = [self._episode(p, sampling) for p in prompts]
         if self.backend.batches:
             for start in range(0, len(episodes), concurrency):
