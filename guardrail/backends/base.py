@@ -48,7 +48,9 @@ class Generation:
     """What one prompt produced.
 
     ``finish_reason`` is ``"stop"`` when the model ended on its own, ``"length"`` when it hit
-    ``max_new_tokens``, or ``None`` when the backend cannot tell.
+    ``max_new_tokens``, or ``None`` when the backend cannot tell. ``logprobs``, when the backend
+    knows them, lists the output's tokens in order as ``(token text, natural-log probability of
+    that token under the distribution it was drawn from)``; the token texts join to ``text``.
     """
 
     text: str
@@ -56,6 +58,7 @@ class Generation:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     duration_s: float | None = None
+    logprobs: list[tuple[str, float]] | None = None
 
 
 class Backend(ABC):
