@@ -333,7 +333,7 @@ def test_converted_cache_is_used_by_a_second_process(backend: LocalBackend, tmp_
     from guardrail.backends import embedded
 
     gguf = embedded.find_embedded_gguf()
-    digest = embedded.file_sha256(gguf)
+    digest = embedded.file_digest(gguf)
     loaded = backend.load()
     entry = tmp_path / "models" / digest
     embedded.write_cache(loaded.model, loaded.tokenizer, entry, digest)
@@ -364,20 +364,53 @@ def test_stale_or_corrupt_cache_is_rebuilt(backend: LocalBackend, tmp_path: Path
 
     monkeypatch.setattr(embedded, "_load_gguf", convert)
     monkeypatch.setenv("GUARDRAIL_CACHE_DIR", str(tmp_path))
-    digest = embedded.file_sha256(embedded.find_embedded_gguf())
+    digest = embedded.file_digest(embedded.find_embedded_gguf())
     entry = embedded.embedded_cache_dir(digest)
 
     # A marker for another file: ignored, rebuilt.
     entry.mkdir(parents=True)
-    (entry / "guardrail-cache.json").write_text(json.dumps({"gguf_sha256": "0" * 64, "format": 1}))
+    (entry / "guardrail-cache.json").write_text(json.dumps({"gguf_digest": "0" * 64, "format": 2, "files": {}}))
     assert embedded.load_embedded().source == "gguf"
     assert embedded.cache_is_valid(entry, digest) and len(conversions) == 1
     assert embedded.load_embedded().source == "cache"
 
-    # Weights that cannot be read: a warning, then rebuilt.
-    for weights in entry.glob("*.safetensors"):
-        weights.write_bytes(b"not safetensors")
-    with pytest.warns(RuntimeWarning, match="unreadable model cache"):
+    # Weights changed in place, same size: the content hash catches it, the entry is rebuilt.
+    [weights] = entry.glob("*.safetensors")
+    with open(weights, "r+b") as handle:
+        handle.seek(weights.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.warns(RuntimeWarning, match="model.safetensors changed since guardrail wrote it"):
         assert embedded.load_embedded().source == "gguf"
     assert len(conversions) == 2
     assert embedded.load_embedded().source == "cache"
+
+    # A file guardrail did not write (a pickle checkpoint): the entry is not read, it is rebuilt.
+    (entry / "pytorch_model.bin").write_bytes(b"a pickle someone dropped here")
+    assert not embedded.cache_is_valid(entry, digest)
+    assert embedded.load_embedded().source == "gguf"
+    assert len(conversions) == 3 and not (entry / "pytorch_model.bin").exists()
+
+    # Weights that cannot be read, with a manifest that matches them: a warning, then rebuilt.
+    marker = json.loads((entry / "guardrail-cache.json").read_text())
+    weights.write_bytes(b"not safetensors")
+    marker["files"][weights.name] = {"size": weights.stat().st_size, "blake2b": embedded.file_digest(weights)}
+    (entry / "guardrail-cache.json").write_text(json.dumps(marker))
+    with pytest.warns(RuntimeWarning, match="unreadable model cache"):
+        assert embedded.load_embedded().source == "gguf"
+    assert len(conversions) == 4
+    assert embedded.load_embedded().source == "cache"
+
+
+def test_entries_of_an_older_cache_format_are_pruned(tmp_path: Path) -> None:
+    from guardrail.backends import embedded
+
+    old, current, foreign = tmp_path / "old", tmp_path / "current", tmp_path / "foreign"
+    for entry, marker in ((old, {"format": embedded.CACHE_FORMAT - 1}), (current, {"format": embedded.CACHE_FORMAT})):
+        entry.mkdir()
+        (entry / embedded.MARKER).write_text(json.dumps(marker))
+    foreign.mkdir()
+    (foreign / "weights.bin").write_bytes(b"not written by guardrail")
+    embedded._prune_old_formats(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "foreign"]

@@ -9,16 +9,28 @@ Loading a GGUF file through ``transformers`` dequantizes every tensor (about 20 
 so the first load also writes the converted weights (float32 safetensors, about 540 MB) and the
 tokenizer into a cache directory::
 
-    $GUARDRAIL_CACHE_DIR/models/<sha256 of the gguf file>/       (default ~/.cache/guardrail)
+    $GUARDRAIL_CACHE_DIR/models/<blake2b-256 of the gguf file>/       (default ~/.cache/guardrail)
         config.json  model.safetensors  tokenizer.json  ...
-        guardrail-cache.json     marker, written last, holds the hash
+        guardrail-cache.json     manifest, written last: the GGUF's digest, and the size and
+                                 blake2b-256 digest of every file guardrail wrote
 
-and later processes load that in a few seconds. The key is the sha256 of the whole GGUF file:
-hashing 94 MiB takes about 0.3 s, which is cheap next to the load, and unlike size and mtime
-it cannot be fooled by a reinstall that rewrites the file. The cache is written to a temporary
-directory and renamed into place, so a crash never leaves a half-written entry that looks
-valid; an entry whose marker is missing or names another hash, or that fails to load, is
-ignored and rebuilt.
+and later processes load that in a few seconds. The key is a digest of the whole GGUF file
+(about 0.2 s for 94 MiB), which unlike size and mtime cannot be fooled by a reinstall that
+rewrites the file. blake2b rather than sha256: it is a cryptographic hash too, and twice as fast
+here, which matters when 540 MB are checked at every load.
+
+What is loaded is what guardrail wrote:
+
+* the entry is written to a temporary directory and renamed into place, manifest last, so a crash
+  never leaves a half-written entry that looks complete;
+* an entry holding any file the manifest does not list (a ``pytorch_model.bin`` pickle, remote
+  code...) or missing one, or whose sizes differ, is ignored and rebuilt without being read;
+* the content is hashed while the weights load (a second thread, so it costs little wall time on
+  two cores) and the loaded model is thrown away if any digest differs;
+* only safetensors are read (``use_safetensors=True``), never pickles.
+
+The manifest guards against corruption and accidental edits, not against someone who can write
+the cache directory (they could rewrite the manifest too): that directory is the user's own.
 
 >>> loaded = load_embedded()          # doctest: +SKIP
 >>> loaded.source, round(loaded.seconds)  # doctest: +SKIP
@@ -37,6 +49,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +63,7 @@ __all__ = [
     "cache_is_valid",
     "cache_root",
     "embedded_cache_dir",
-    "file_sha256",
+    "file_digest",
     "find_embedded_gguf",
     "load_embedded",
     "write_cache",
@@ -67,7 +80,7 @@ LOADER_HINT = "pip install gguf accelerate  (or: pip install 'guardrail[local]')
 
 MARKER = "guardrail-cache.json"
 # Bump when the layout of a cache entry changes, so older entries are rebuilt.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -126,17 +139,17 @@ def cache_root() -> Path:
 
 
 def embedded_cache_dir(digest: str) -> Path:
-    """Where the converted weights of the GGUF file with sha256 ``digest`` live."""
+    """Where the converted weights of the GGUF file with digest ``digest`` (``file_digest``) live."""
     return cache_root() / "models" / digest
 
 
-def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks.
+def file_digest(path: Path, chunk_size: int = 1 << 22) -> str:
+    """blake2b-256 hex digest of a file, read in 4 MiB chunks.
 
-    >>> len(file_sha256(find_embedded_gguf()))  # doctest: +SKIP
+    >>> len(file_digest(find_embedded_gguf()))  # doctest: +SKIP
     64
     """
-    digest = hashlib.sha256()
+    digest = hashlib.blake2b(digest_size=32)
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
@@ -151,18 +164,16 @@ def load_embedded(*, use_cache: bool = True) -> EmbeddedLoad:
     """
     started = time.perf_counter()
     gguf_path = find_embedded_gguf()
-    digest = file_sha256(gguf_path)
+    digest = file_digest(gguf_path)
     cache_dir = embedded_cache_dir(digest)
-    if use_cache and cache_is_valid(cache_dir, digest):
-        try:
-            model, tokenizer = _load_converted(cache_dir)
-        except Exception as exc:  # noqa: BLE001 - corrupt weights, an unreadable format...: rebuild
-            warnings.warn(f"guardrail: ignoring the unreadable model cache {cache_dir} ({exc}); rebuilding it",
-                          RuntimeWarning, stacklevel=2)
-            with contextlib.suppress(OSError):  # no longer a valid entry, so the rebuild replaces it
-                (cache_dir / MARKER).unlink()
-        else:
+    manifest = _manifest(cache_dir, digest) if use_cache else None
+    if manifest is not None:
+        loaded = _load_verified(cache_dir, manifest)
+        if loaded is not None:
+            model, tokenizer = loaded
             return EmbeddedLoad(model, tokenizer, "cache", time.perf_counter() - started, gguf_path, digest)
+        with contextlib.suppress(OSError):  # no longer a valid entry, so the rebuild replaces it
+            (cache_dir / MARKER).unlink()
     model, tokenizer = _load_gguf(gguf_path)
     if use_cache:
         try:
@@ -173,19 +184,70 @@ def load_embedded(*, use_cache: bool = True) -> EmbeddedLoad:
     return EmbeddedLoad(model, tokenizer, "gguf", time.perf_counter() - started, gguf_path, digest)
 
 
+def _load_verified(cache_dir: Path, manifest: dict[str, Any]) -> tuple[Any, Any] | None:
+    """Load the entry while a second thread hashes its files; None (with a warning) if either fails."""
+    with ThreadPoolExecutor(1) as pool:
+        intact = pool.submit(_content_matches, cache_dir, manifest)
+        try:
+            loaded: tuple[Any, Any] | None = _load_converted(cache_dir)
+            failure: Exception | None = None
+        except Exception as exc:  # noqa: BLE001 - corrupt weights, an unreadable format...: rebuild
+            loaded, failure = None, exc
+        changed = intact.result()
+    if changed:
+        warnings.warn(f"guardrail: ignoring the model cache {cache_dir}: {changed} changed since guardrail wrote "
+                      "it; rebuilding it", RuntimeWarning, stacklevel=3)
+        return None
+    if failure is not None:
+        warnings.warn(f"guardrail: ignoring the unreadable model cache {cache_dir} ({failure}); rebuilding it",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return loaded
+
+
+def _content_matches(cache_dir: Path, manifest: dict[str, Any]) -> str | None:
+    """The first file whose digest differs from the manifest's, or None when all match."""
+    for name, expected in manifest["files"].items():
+        try:
+            if file_digest(cache_dir / name) != expected["blake2b"]:
+                return name
+        except OSError:
+            return name
+    return None
+
+
+def _describe_files(directory: Path) -> dict[str, dict[str, Any]]:
+    return {path.name: {"size": path.stat().st_size, "blake2b": file_digest(path)}
+            for path in sorted(directory.iterdir()) if path.name != MARKER}
+
+
 def cache_is_valid(cache_dir: Path, digest: str) -> bool:
-    """True when ``cache_dir`` holds a complete entry for the GGUF file with sha256 ``digest``."""
+    """True when ``cache_dir`` holds exactly the files guardrail wrote for the GGUF with ``digest``.
+
+    This checks the manifest, the file names and sizes, not the content: the content is hashed
+    while it loads (``load_embedded``).
+    """
+    return _manifest(cache_dir, digest) is not None
+
+
+def _manifest(cache_dir: Path, digest: str) -> dict[str, Any] | None:
     try:
         marker = json.loads((cache_dir / MARKER).read_text(encoding="utf-8"))
+        present = {p.name: p for p in cache_dir.iterdir() if p.name != MARKER}
     except (OSError, ValueError):
-        return False
-    return (
-        isinstance(marker, dict)
-        and marker.get("gguf_sha256") == digest
-        and marker.get("format") == CACHE_FORMAT
-        and (cache_dir / "config.json").is_file()
-        and any(cache_dir.glob("*.safetensors"))
-    )
+        return None
+    if not (isinstance(marker, dict) and marker.get("gguf_digest") == digest and marker.get("format") == CACHE_FORMAT
+            and isinstance(marker.get("files"), dict)):
+        return None
+    files: dict[str, Any] = marker["files"]
+    if set(files) != set(present) or not any(name.endswith(".safetensors") for name in files):
+        return None  # a file guardrail did not write, or one missing
+    for name, path in present.items():
+        expected = files[name]
+        if not (path.is_file() and not path.is_symlink() and isinstance(expected, dict)
+                and expected.get("size") == path.stat().st_size and isinstance(expected.get("blake2b"), str)):
+            return None
+    return marker
 
 
 def write_cache(model: Any, tokenizer: Any, cache_dir: Path, digest: str) -> None:
@@ -202,8 +264,8 @@ def write_cache(model: Any, tokenizer: Any, cache_dir: Path, digest: str) -> Non
     try:
         _save_dequantized(model, tmp)
         tokenizer.save_pretrained(tmp)
-        marker = {"gguf_sha256": digest, "format": CACHE_FORMAT, "gguf_file": GGUF_FILE,
-                  "transformers": transformers.__version__, "created": time.time()}
+        marker = {"gguf_digest": digest, "format": CACHE_FORMAT, "gguf_file": GGUF_FILE,
+                  "transformers": transformers.__version__, "created": time.time(), "files": _describe_files(tmp)}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         if cache_is_valid(cache_dir, digest):
             return  # another process finished the same entry meanwhile: keep it, drop ours
@@ -222,9 +284,21 @@ def write_cache(model: Any, tokenizer: Any, cache_dir: Path, digest: str) -> Non
             if not cache_is_valid(cache_dir, digest):  # not a lost race: a real failure
                 raise
             logger.debug("another process wrote %s first", cache_dir)
+        _prune_old_formats(cache_dir.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prune_old_formats(models_dir: Path) -> None:
+    """Delete entries an older guardrail wrote in a layout this one never reads (540 MB each)."""
+    for entry in models_dir.iterdir():
+        try:
+            marker = json.loads((entry / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not ours, or not finished: leave it
+        if isinstance(marker, dict) and isinstance(marker.get("format"), int) and marker["format"] < CACHE_FORMAT:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _save_dequantized(model: Any, directory: Path) -> None:
@@ -259,7 +333,7 @@ def _load_converted(directory: Path) -> tuple[Any, Any]:
 
     with _QuietTransformers():
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, use_safetensors=True)
     model.eval()
     return model, tokenizer
 
