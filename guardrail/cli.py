@@ -61,22 +61,27 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="Token limit per attempt.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every attempt on stderr.")] = False,
+    base_url: Annotated[str | None, typer.Option(
+        help="An OpenAI-compatible server instead of a local model (e.g. http://127.0.0.1:8000/v1); "
+             "--model then names the server's model (default: its only one).")] = None,
 ) -> None:
-    """Extract TEXT into JSON valid against --schema with a local model; print the JSON.
+    """Extract TEXT into JSON valid against --schema with a local model or a server; print the JSON.
 
     Exits 0 with the JSON on stdout, or 1 with every attempt's issues on stderr.
     """
     from guardrail.guard import Guard
 
     try:
-        guard: Guard[Any] = Guard(schema, model=model, engine=engine, retries=retries,
-                                  max_new_tokens=max_new_tokens, temperature=temperature)
+        where: dict[str, Any] = ({"base_url": base_url, "model": None if model == "embedded" else model}
+                                 if base_url else {"model": model, "engine": engine})
+        guard: Guard[Any] = Guard(schema, retries=retries, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  **where)
         result = guard.run(_read_text(text))
     except GuardError as error:
         err.print(f"[red]no valid output:[/red] {error}", highlight=False)
         _print_issues(error)
         raise typer.Exit(1) from None
-    except GuardrailError as error:
+    except (GuardrailError, ValueError) as error:
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
     if verbose:

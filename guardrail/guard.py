@@ -9,6 +9,7 @@ batch of episodes can share one batched model call.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import time
@@ -18,14 +19,20 @@ from typing import Any, Generic, TypeVar
 import tenacity
 from tenacity import DoAttempt, DoSleep, RetryCallState
 
-from guardrail import feedback, validation
+from guardrail import confidence, feedback, validation, voting
 from guardrail.backends import Backend, Generation, Prompt, Sampling, resolve
 from guardrail.errors import GuardError
+from guardrail.leaves import schema_leaves
 from guardrail.result import Attempt, Ending, Issue, Result
 from guardrail.retry import InvalidOutput, build_policy
 from guardrail.schema import Schema
 
 T = TypeVar("T")
+
+#: Decoding strategies: one greedy answer, one sampled answer, or a per-field vote over samples.
+STRATEGIES = ("greedy", "sample", "vote")
+#: The temperature ``sample`` and ``vote`` use when none is given.
+DEFAULT_SAMPLE_TEMPERATURE = 0.7
 
 
 class Guard(Generic[T]):
@@ -47,7 +54,18 @@ class Guard(Generic[T]):
     (few-shot ``(input, output)`` pairs for the default instructions), ``instructions``
     (replace the default system prompt), and sampling defaults (``temperature``, ``top_p``,
     ``top_k``, ``seed``, ``max_new_tokens``, ``repetition_penalty``). Other keywords go to the local backend
-    (``engine``, ``device``).
+    (``engine``, ``device``), or, with ``base_url=`` (an OpenAI-compatible server, ``model`` then
+    being the server's model name), to ``guardrail.backends.remote.RemoteBackend``
+    (``structured``, ``api_key`` ...).
+
+    ``strategy``: ``"greedy"`` (the default; temperature 0), ``"sample"`` (one answer drawn at
+    ``temperature``, default 0.7, with ``top_p``/``top_k``/``seed``) or ``"vote"`` (self-consistency:
+    ``samples`` answers are drawn per round, in one batched call for a batching backend, else as
+    that many concurrent calls with seeds ``seed``, ``seed + 1``...; the answer is the per-field
+    majority over the valid ones, see ``guardrail.voting``). A vote round is one attempt (its
+    samples are in ``Attempt.samples``), its tokens count against ``token_budget``, and it is
+    re-asked only when no sample is valid. ``Result.agreement`` and ``Result.confidence`` say how
+    far to trust each field.
     """
 
     def __init__(
@@ -66,7 +84,9 @@ class Guard(Generic[T]):
         instructions: str | None = None,
         refs: dict[str, Any] | None = None,
         assert_formats: bool = True,
-        temperature: float = 0.0,
+        strategy: str | None = None,
+        samples: int = 5,
+        temperature: float | None = None,
         top_p: float | None = None,
         top_k: int | None = None,
         seed: int | None = None,
@@ -75,7 +95,11 @@ class Guard(Generic[T]):
         max_new_tokens_cap: int = 2048,
         **backend_options: Any,
     ) -> None:
+        self.strategy, temperature = _check_strategy(strategy, samples, temperature)
+        self.samples = samples if self.strategy == "vote" else 1
         self.schema = Schema.load(schema, refs=refs, assert_formats=assert_formats)
+        #: The schema's leaf pointers: the fields that get an agreement and a confidence.
+        self.leaves = schema_leaves(self.schema.json_schema)
         self.policy = build_policy(retries)
         self.backend = resolve(llm, model, timeout_s=timeout_s, **backend_options)
         self.time_budget_s = time_budget_s
@@ -130,27 +154,36 @@ class Guard(Generic[T]):
         while active := [e for e in episodes if not e.done]:
             for sampling, group in _by_sampling(active):
                 start = time.perf_counter()
-                try:
-                    outcome: list[Generation] | BaseException = backend.generate(
-                        [e.request for e in group], self.schema, sampling
-                    )
-                except Exception as exc:  # noqa: BLE001 - every failure is recorded, then judged by the policy
-                    outcome = exc
-                _settle(group, outcome, time.perf_counter() - start)
+                calls = _calls(group, sampling, backend.batches)
+                if len(calls) == 1:
+                    outcomes = [self._call(backend, *calls[0])]
+                else:  # a vote's samples on a backend that does not batch: concurrent calls
+                    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+                        outcomes = list(pool.map(lambda call: self._call(backend, *call), calls))
+                _settle(calls, outcomes, time.perf_counter() - start)
             time.sleep(_pause(active))
+
+    def _call(self, backend: Backend, sampling: Sampling, owners: list[_Episode]) -> list[Generation] | BaseException:
+        try:
+            return backend.generate([e.request for e in owners], self.schema, sampling)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, then judged by the policy
+            return exc
 
     async def _adrive(self, episodes: list[_Episode], backend: Backend) -> None:
         while active := [e for e in episodes if not e.done]:
             for sampling, group in _by_sampling(active):
                 start = time.perf_counter()
-                try:
-                    outcome: list[Generation] | BaseException = await backend.agenerate(
-                        [e.request for e in group], self.schema, sampling
-                    )
-                except Exception as exc:  # noqa: BLE001
-                    outcome = exc
-                _settle(group, outcome, time.perf_counter() - start)
+                calls = _calls(group, sampling, backend.batches)
+                outcomes = await asyncio.gather(*(self._acall(backend, *call) for call in calls))
+                _settle(calls, list(outcomes), time.perf_counter() - start)
             await asyncio.sleep(_pause(active))
+
+    async def _acall(self, backend: Backend, sampling: Sampling,
+                     owners: list[_Episode]) -> list[Generation] | BaseException:
+        try:
+            return await backend.agenerate([e.request for e in owners], self.schema, sampling)
+        except Exception as exc:  # noqa: BLE001
+            return exc
 
     async def _adrive_bounded(self, episodes: list[_Episode], concurrency: int) -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -197,21 +230,48 @@ class _Episode:
         self.value: Any = None
         self.raw: str | None = None
         self.error: GuardError | None = None
+        self.agreement: dict[str, float] | None = None
+        self.confidence: dict[str, float] | None = None
+        #: Samples per round: ``samples`` for a vote, else 1.
+        self.fanout = guard.samples if guard.strategy == "vote" else 1
         self.done = False
         self.pause = 0.0
         first = self.policy.iter(self.state)
         assert isinstance(first, DoAttempt), "a tenacity policy always starts with an attempt"
 
+    def record_round(self, outcomes: Sequence[Generation | BaseException], duration_s: float) -> None:
+        """Judge one round: a single output, or the samples of a vote."""
+        if self.fanout == 1 and len(outcomes) == 1:
+            self.record(outcomes[0], duration_s)
+        else:
+            self._record_votes(outcomes, duration_s)
+
     def record(self, outcome: Generation | BaseException, duration_s: float) -> None:
         """Judge one model call and decide what comes next."""
-        prompt = self.request
-        if isinstance(outcome, BaseException):
-            ended: Ending = "timeout" if isinstance(outcome, TimeoutError) else "error"
-            self.attempts.append(Attempt(prompt=prompt, output=None, duration_s=duration_s,
-                                         error=f"{type(outcome).__name__}: {outcome}", ended=ended))
+        attempt, checked = self._judge(outcome, duration_s)
+        self.attempts.append(attempt)
+        if checked is None:
+            assert isinstance(outcome, BaseException)
             self.state.set_exception((type(outcome), outcome, outcome.__traceback__))
             self._decide(outcome)
             return
+        if checked.ok:
+            self.value, self.raw, self.confidence = checked.value, attempt.output, attempt.confidence
+            self.state.set_result(checked.value)
+            self.done = True
+            return
+        failure = InvalidOutput(checked.issues)
+        self.state.set_exception((InvalidOutput, failure, None))
+        self._decide(failure, output=attempt.output, issues=checked.issues, truncated=attempt.ended == "truncated")
+
+    def _judge(self, outcome: Generation | BaseException, duration_s: float,
+               sample: int | None = None) -> tuple[Attempt, validation.Validation | None]:
+        """The attempt for one output (validated; with field confidence when valid)."""
+        prompt = self.request
+        if isinstance(outcome, BaseException):
+            ended: Ending = "timeout" if isinstance(outcome, TimeoutError) else "error"
+            return Attempt(prompt=prompt, output=None, duration_s=duration_s, error=f"{type(outcome).__name__}: {outcome}",
+                           ended=ended, sample=sample), None
         checked = validation.validate(self.guard.schema, outcome.text)
         truncated = checked.truncated or (not checked.ok and outcome.finish_reason == "length")
         attempt = Attempt(
@@ -219,17 +279,59 @@ class _Episode:
             prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
             ended="valid" if checked.ok else "truncated" if truncated else "invalid",
             extracted=checked.extracted, finish_reason=outcome.finish_reason,
-            max_new_tokens=self.sampling.max_new_tokens,
+            max_new_tokens=self.sampling.max_new_tokens, sample=sample,
         )
-        self.attempts.append(attempt)
-        if checked.ok:
-            self.value, self.raw = checked.value, outcome.text
+        if checked.ok and outcome.logprobs:
+            attempt.confidence = confidence.field_confidence(outcome.text, outcome.logprobs, self.guard.leaves,
+                                                             checked.parsed)
+        return attempt, checked
+
+    def _record_votes(self, outcomes: Sequence[Generation | BaseException], duration_s: float) -> None:
+        """Judge a vote round: one attempt holding every sample; re-ask only if none is valid."""
+        judged = [self._judge(o, duration_s, sample=i) for i, o in enumerate(outcomes)]
+        samples = [attempt for attempt, _ in judged]
+        prompt_tokens = [a.prompt_tokens for a in samples if a.prompt_tokens is not None]
+        completion_tokens = [a.completion_tokens for a in samples if a.completion_tokens is not None]
+        round_ = Attempt(prompt=self.request, output=None, samples=samples,
+                         duration_s=max((a.duration_s for a in samples), default=duration_s),
+                         prompt_tokens=sum(prompt_tokens) if prompt_tokens else None,
+                         completion_tokens=sum(completion_tokens) if completion_tokens else None,
+                         max_new_tokens=self.sampling.max_new_tokens)
+        self.attempts.append(round_)
+        valid = [(a, c) for a, c in judged if c is not None and c.ok]
+        if valid:
+            schema = self.guard.schema
+            ballots = [voting.Ballot(c.parsed, a.output, a.confidence) for a, c in valid]
+            chosen = voting.vote(ballots, self.guard.leaves, lambda data: not validation.check(schema, data))
+            checked = validation.validate(schema, chosen.text)
+            if not checked.ok:  # cannot happen for a text that was just checked; keep a sample then
+                chosen = voting.vote(ballots[:1], self.guard.leaves)
+                checked = valid[0][1]
+            source = valid[chosen.sample][0] if chosen.sample is not None else None
+            known = any(b.confidence is not None for b in ballots)  # else no backend logprobs: None, not {}
+            round_.output, round_.ended = chosen.text, "valid"
+            round_.confidence = chosen.confidence if known else None
+            if source is not None:
+                round_.extracted, round_.finish_reason = source.extracted, source.finish_reason
+            self.value, self.raw = checked.value, chosen.text
+            self.agreement, self.confidence = chosen.agreement, round_.confidence
             self.state.set_result(checked.value)
             self.done = True
             return
+        answered = [(a, c) for a, c in judged if c is not None]
+        if not answered:  # every call of the round raised
+            failure = next(o for o in outcomes if isinstance(o, BaseException))
+            round_.error, round_.ended = samples[0].error, samples[0].ended
+            self.state.set_exception((type(failure), failure, failure.__traceback__))
+            self._decide(failure)
+            return
+        # The re-ask quotes the most promising invalid sample: complete first, then fewest issues.
+        attempt, checked = min(answered, key=lambda p: (p[0].ended == "truncated", len(p[1].issues), p[0].sample or 0))
+        round_.output, round_.issues, round_.ended = attempt.output, attempt.issues, attempt.ended
+        round_.extracted, round_.finish_reason = attempt.extracted, attempt.finish_reason
         failure = InvalidOutput(checked.issues)
         self.state.set_exception((InvalidOutput, failure, None))
-        self._decide(failure, output=outcome.text, issues=checked.issues, truncated=truncated)
+        self._decide(failure, output=attempt.output, issues=checked.issues, truncated=attempt.ended == "truncated")
 
     def _decide(self, failure: BaseException, *, output: str | None = None, issues: Sequence[Issue] = (),
                 truncated: bool = False) -> None:
@@ -298,7 +400,8 @@ class _Episode:
 
     def result(self) -> Result[Any]:
         """The outcome, failure included (for ``run_many``)."""
-        return Result(self.value, self.raw, self.attempts, self.error)
+        return Result(self.value, self.raw, self.attempts, self.error, agreement=self.agreement,
+                      confidence=self.confidence)
 
     def finished(self) -> Result[Any]:
         """The outcome for ``run``: the result, or raise the ``GuardError`` that ended the loop."""
@@ -307,18 +410,34 @@ class _Episode:
         return self.result()
 
 
-def _settle(group: list[_Episode], outcome: list[Generation] | BaseException, duration_s: float) -> None:
-    if isinstance(outcome, BaseException):
-        for episode in group:
-            episode.record(outcome, duration_s / len(group))
-        return
-    if len(outcome) != len(group):
-        mismatch = RuntimeError(f"backend returned {len(outcome)} outputs for {len(group)} prompts")
-        for episode in group:
-            episode.record(mismatch, duration_s / len(group))
-        return
-    for episode, generation in zip(group, outcome, strict=True):
-        episode.record(generation, duration_s / len(group))
+def _calls(group: list[_Episode], sampling: Sampling, batches: bool) -> list[tuple[Sampling, list[_Episode]]]:
+    """The backend calls of one round: ``(sampling, the episode each prompt belongs to)``.
+
+    One call, in which an episode that votes appears once per sample (its rows adjacent), for a
+    batching backend or when nobody votes. Otherwise call ``i`` carries the ``i``-th sample of
+    every voting episode, with seed ``seed + i`` so that seeded calls do not repeat each other.
+    """
+    fanout = max(e.fanout for e in group)
+    if fanout == 1 or batches:
+        return [(sampling, [e for e in group for _ in range(e.fanout)])]
+    return [(sampling if sampling.seed is None else sampling.but(seed=sampling.seed + i),
+             [e for e in group if i < e.fanout]) for i in range(fanout)]
+
+
+def _settle(calls: list[tuple[Sampling, list[_Episode]]], outcomes: list[list[Generation] | BaseException],
+            duration_s: float) -> None:
+    """Hand every output (or failure) of a round's calls to its episode, in sample order."""
+    rows = sum(len(owners) for _, owners in calls)
+    share = duration_s / max(rows, 1)
+    collected: dict[int, tuple[_Episode, list[Generation | BaseException]]] = {}
+    for (_, owners), outcome in zip(calls, outcomes, strict=True):
+        if not isinstance(outcome, BaseException) and len(outcome) != len(owners):
+            outcome = RuntimeError(f"backend returned {len(outcome)} outputs for {len(owners)} prompts")
+        for row, episode in enumerate(owners):
+            one = outcome if isinstance(outcome, BaseException) else outcome[row]
+            collected.setdefault(id(episode), (episode, []))[1].append(one)
+    for episode, outputs in collected.values():
+        episode.record_round(outputs, share)
 
 
 def _by_sampling(episodes: list[_Episode]) -> list[tuple[Sampling, list[_Episode]]]:
@@ -357,6 +476,25 @@ def _check_prompt(prompt: Any) -> None:
         "a prompt must be a str or a non-empty list of chat messages {'role': str, 'content': str}, "
         f"got {type(prompt).__name__}"
     )
+
+
+def _check_strategy(strategy: str | None, samples: int, temperature: float | None) -> tuple[str, float]:
+    """The strategy and temperature to use; ``ValueError`` for a combination that makes no sense."""
+    chosen = strategy if strategy is not None else ("sample" if temperature else "greedy")
+    if chosen not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if chosen == "greedy":
+        if temperature:
+            raise ValueError(f"strategy 'greedy' decodes at temperature 0, got temperature={temperature}; "
+                             "use strategy='sample' or 'vote' to sample")
+        return chosen, 0.0
+    if temperature is None:
+        temperature = DEFAULT_SAMPLE_TEMPERATURE
+    if temperature <= 0:
+        raise ValueError(f"strategy {chosen!r} samples: temperature must be above 0, got {temperature}")
+    if chosen == "vote" and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ValueError(f"samples must be a positive number of samples per vote, got {samples!r}")
+    return chosen, temperature
 
 
 def _check_template(template: str) -> None:

@@ -96,8 +96,10 @@ class OutcomeRow(TypedDict):
     ``input`` and ``instruction`` (after perturbation); ``edits`` (``{part, start, end, before,
     after}``, positions in the original part); ``removed_fields`` (non-empty exactly on
     information-removed rows); ``raw`` (the final model text); ``latency_s``; ``tokens``;
-    ``error``. The clean output a row is compared with for ``consistency`` is not stored: it is
-    the output of the ``clean`` row with the same ``task`` and ``case_id``.
+    ``error``; ``confidence`` (JSON Pointer -> the model's probability of that field's tokens,
+    ``guardrail.confidence``) and ``agreement`` (JSON Pointer -> share of vote samples agreeing,
+    ``guardrail.voting``), when known. The clean output a row is compared with for ``consistency``
+    is not stored: it is the output of the ``clean`` row with the same ``task`` and ``case_id``.
     """
 
     case_id: str
@@ -120,6 +122,8 @@ class OutcomeRow(TypedDict):
     latency_s: NotRequired[float]
     tokens: NotRequired[int | None]
     error: NotRequired[str | None]
+    confidence: NotRequired[dict[str, float]]
+    agreement: NotRequired[dict[str, float]]
 
 
 # -- comparing values ---------------------------------------------------------------------------

@@ -40,6 +40,14 @@ class Attempt:
     ``prompt`` is exactly what was sent (a string or chat messages); ``output`` the raw text, or
     ``None`` when the call raised (``error`` then holds ``"ExceptionType: message"``).
     ``extracted`` is true when the JSON had to be dug out of prose or a fenced block.
+
+    With ``strategy="vote"`` one attempt is one *round*: ``samples`` holds an ``Attempt`` per
+    sample of the round (its ``sample`` index set, in the order they were drawn); the round's own
+    ``output`` is the voted answer's text (or, when no sample was valid, the text of the sample
+    whose issues the re-ask quotes), its token counts are the samples' sums, and it is ``valid``
+    when any sample was. ``confidence`` maps the leaf fields of a valid output to a number in
+    [0, 1] computed from token log-probabilities (``guardrail.confidence``), when the backend
+    reported them.
     """
 
     prompt: Any
@@ -53,6 +61,9 @@ class Attempt:
     extracted: bool = False
     finish_reason: str | None = None
     max_new_tokens: int | None = None
+    sample: int | None = None
+    samples: list[Attempt] = field(default_factory=list)
+    confidence: dict[str, float] | None = None
 
     @property
     def tokens(self) -> int | None:
@@ -66,7 +77,14 @@ class Attempt:
         return self.ended == "valid"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy, for logs and reports."""
+        """A JSON-ready copy, for logs and reports (``sample``, ``samples`` and ``confidence`` only when set)."""
+        extra: dict[str, Any] = {}
+        if self.sample is not None:
+            extra["sample"] = self.sample
+        if self.samples:
+            extra["samples"] = [s.to_dict() for s in self.samples]
+        if self.confidence is not None:
+            extra["confidence"] = dict(self.confidence)
         return {
             "prompt": self.prompt,
             "output": self.output,
@@ -82,6 +100,7 @@ class Attempt:
             "extracted": self.extracted,
             "finish_reason": self.finish_reason,
             "max_new_tokens": self.max_new_tokens,
+            **extra,
         }
 
 
@@ -92,12 +111,20 @@ class Result(Generic[T]):
     ``value`` is the pydantic instance for a model schema, or the parsed JSON for a raw schema.
     From ``run_many`` a failed item comes back with ``ok`` false, ``value`` ``None`` and ``error``
     set, instead of raising, so one bad item does not lose a batch.
+
+    ``confidence`` maps each leaf field of the value (JSON Pointer: scalars, and arrays whole) to
+    the probability the model gave its tokens (``guardrail.confidence``), when the backend reports
+    log-probabilities; with ``strategy="vote"`` it is the mean over the samples that agree with
+    the answer. ``agreement`` (vote only) maps every leaf field of the schema to the share of
+    valid samples whose value there agrees with the answer (``guardrail.voting``).
     """
 
     value: T | None
     raw: str | None
     attempts: list[Attempt]
     error: GuardError | None = None
+    agreement: dict[str, float] | None = None
+    confidence: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:

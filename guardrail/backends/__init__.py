@@ -15,11 +15,20 @@ def resolve(llm: Backend | Callable[..., Any] | None, model: str | None, *, time
             **options: Any) -> Backend:
     """Pick the backend for ``Guard(llm=..., model=...)``.
 
-    A ``Backend`` is used as is; a callable is wrapped; with neither, ``model`` names a local
-    transformers model (``None`` or ``"embedded"`` is the embedded SmolLM2).
+    A ``Backend`` is used as is; a callable is wrapped; a ``base_url`` option selects an
+    OpenAI-compatible server (``guardrail.backends.remote``), where ``model`` is the server's model
+    name; otherwise ``model`` names a local transformers model (``None`` or ``"embedded"`` is the
+    embedded SmolLM2).
     """
     if llm is not None and model is not None:
         raise ValueError("give either llm= (your own function or backend) or model=, not both")
+    base_url = options.pop("base_url", None)
+    if base_url is not None:
+        if llm is not None:
+            raise ValueError("give either llm= (your own function or backend) or base_url=, not both")
+        from guardrail.backends.remote import RemoteBackend
+
+        return RemoteBackend(base_url, model, timeout_s=timeout_s, **options)
     if isinstance(llm, Backend):
         return llm
     if llm is not None:

@@ -42,12 +42,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardrail.backends.base import Backend, Generation, Prompt, Sampling
@@ -196,6 +199,13 @@ class _Engine:
     def compile(self, schema_json: str) -> Any:
         raise NotImplementedError
 
+    def serialize(self, compiled: Any) -> bytes | None:
+        """The compiled grammar as plain data for the on-disk cache, or None if not worth it."""
+        return None
+
+    def deserialize(self, payload: bytes) -> Any:
+        raise NotImplementedError
+
     def new_matcher(self, compiled: Any) -> Any:
         raise NotImplementedError
 
@@ -205,6 +215,15 @@ class _Engine:
 
     def fill(self, matcher: Any, bitmask: Any, row: int) -> None:
         """Write the allowed next tokens of ``matcher`` into ``bitmask[row]``."""
+        raise NotImplementedError
+
+    def accepts(self, compiled: Any, tokens: Sequence[int]) -> bool:
+        """Whether the grammar lets ``tokens`` be a complete output (used to check soundness)."""
+        matcher = self.new_matcher(compiled)
+        return all(self.advance(matcher, t) for t in tokens) and self.complete(matcher)
+
+    def complete(self, matcher: Any) -> bool:
+        """Whether the output so far may end here."""
         raise NotImplementedError
 
 
@@ -249,6 +268,9 @@ class _LLGuidance(_Engine):
         target = bitmask[row]
         matcher.unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * target.element_size())
 
+    def complete(self, matcher: Any) -> bool:
+        return not matcher.is_error() and bool(matcher.is_accepting())
+
 
 class _XGrammar(_Engine):
     name = "xgrammar"
@@ -259,6 +281,17 @@ class _XGrammar(_Engine):
         from outlines.backends.xgrammar import XGrammarBackend
 
         self.compiler = XGrammarBackend(outlines_model).grammar_compiler
+        self.tokenizer_info: Any = None  # the compiler does not expose it: taken from a trivial grammar
+
+    def serialize(self, compiled: Any) -> bytes | None:
+        return str(compiled.serialize_json()).encode()
+
+    def deserialize(self, payload: bytes) -> Any:
+        import xgrammar
+
+        if self.tokenizer_info is None:
+            self.tokenizer_info = self.compiler.compile_builtin_json_grammar().tokenizer_info
+        return xgrammar.CompiledGrammar.deserialize_json(payload.decode(), self.tokenizer_info)
 
     def compile(self, schema_json: str) -> Any:
         try:
@@ -277,6 +310,9 @@ class _XGrammar(_Engine):
     def fill(self, matcher: Any, bitmask: Any, row: int) -> None:
         matcher.fill_next_token_bitmask(bitmask, row)
 
+    def complete(self, matcher: Any) -> bool:
+        return bool(matcher.is_completed())
+
 
 class _OutlinesCore(_Engine):
     name = "outlines_core"
@@ -286,6 +322,15 @@ class _OutlinesCore(_Engine):
         from outlines.backends.outlines_core import OutlinesCoreBackend
 
         self.vocabulary = OutlinesCoreBackend(outlines_model).vocabulary
+
+    def serialize(self, compiled: Any) -> bytes | None:
+        _, (payload,) = compiled.__reduce__()  # (Index.from_binary, (bincode bytes,)): plain data
+        return bytes(payload)
+
+    def deserialize(self, payload: bytes) -> Any:
+        from outlines_core import Index
+
+        return Index.from_binary(payload)
 
     def compile(self, schema_json: str) -> Any:
         from outlines_core import Index
@@ -313,6 +358,9 @@ class _OutlinesCore(_Engine):
     def fill(self, matcher: Any, bitmask: Any, row: int) -> None:
         target = bitmask[row]
         matcher.write_mask_into(target.data_ptr(), target.numel(), target.element_size())
+
+    def complete(self, matcher: Any) -> bool:
+        return bool(matcher.is_finished())
 
 
 _ENGINE_CLASSES: dict[str, type[_Engine]] = {"llguidance": _LLGuidance, "xgrammar": _XGrammar,
@@ -345,7 +393,6 @@ class _GrammarMask:
             self.matchers = [self.engine.new_matcher(self.compiled) for _ in range(batch)]
             self.state = ["active"] * batch
             self.bitmask = torch.zeros((batch, self.engine.words(width)), dtype=torch.int32)
-            self.shifts = torch.arange(32, dtype=torch.int32)
         else:
             for row, token in enumerate(input_ids[:, -1].tolist()):
                 if self.state[row] != "active":
@@ -360,16 +407,40 @@ class _GrammarMask:
                 self.engine.fill(self.matchers[row], self.bitmask, row)
             else:
                 self.bitmask[row] = -1  # anything: the token is replaced by padding or EOS below
-        allowed = ((self.bitmask.unsqueeze(-1) >> self.shifts) & 1).view(batch, -1).bool()
-        if allowed.shape[1] < width:
-            allowed = torch.nn.functional.pad(allowed, (0, width - allowed.shape[1]), value=False)
-        allowed = allowed[:, :width]
+        bias = _bitmask_bias(self.bitmask, width)
+        stuck = ~(self.bitmask != 0).any(dim=1)  # an active row that allows no token at all
         eos = sorted(i for i in self.eos_ids if i < width)
         for row, state in enumerate(self.state):
-            if state == "broken" or (state == "active" and not bool(allowed[row].any())):
-                allowed[row] = False
-                allowed[row, eos] = True
-        return scores.masked_fill(~allowed.to(scores.device), float("-inf"))
+            if state == "broken" or (state == "active" and bool(stuck[row])):
+                bias[row] = float("-inf")
+                bias[row, eos] = 0.0
+        return scores + bias.to(scores.device)
+
+
+_BIAS_TABLE: Any = None
+
+
+def _bitmask_bias(bitmask: Any, width: int) -> Any:
+    """The additive mask for a packed bitmask: 0 where a token is allowed, -inf elsewhere.
+
+    Each byte of the (little-endian) int32 words is looked up in a 256 x 8 table, which is 2-3
+    times faster on a CPU than unpacking the bits with shifts (1.5 ms against 3.5-4.7 ms per step
+    at batch 16, against about 170 ms for the forward pass).
+    """
+    import torch
+
+    global _BIAS_TABLE
+    if _BIAS_TABLE is None:
+        bits = (torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1
+        _BIAS_TABLE = torch.where(bits.bool(), 0.0, float("-inf"))
+    rows = bitmask.shape[0]
+    packed = bitmask.view(torch.uint8)
+    if sys.byteorder == "big":  # pragma: no cover - put each word's low byte first
+        packed = packed.view(rows, -1, 4).flip(-1).reshape(rows, -1)
+    bias = torch.nn.functional.embedding(packed.long(), _BIAS_TABLE).view(rows, -1)
+    if bias.shape[1] < width:  # logits wider than the grammar's vocabulary: padding tokens are never allowed
+        bias = torch.nn.functional.pad(bias, (0, width - bias.shape[1]), value=float("-inf"))
+    return bias[:, :width]
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +469,18 @@ class _LoadedModel:
     # (schema hash, engine order, string cap) -> the engine chosen
     choices: dict[tuple[str, tuple[str, ...], int | None], _Compiled] = field(default_factory=dict)
     compiles: int = 0
+    disk_loads: int = 0  # grammars read from the on-disk cache instead of compiled
+    _fingerprint: str | None = None
+
+    def tokenizer_fingerprint(self) -> str:
+        """A digest of the vocabulary and special tokens: compiled grammars depend on nothing else."""
+        if self._fingerprint is None:
+            import hashlib
+
+            vocabulary = sorted(self.tokenizer.get_vocab().items())
+            facts = [vocabulary, self.tokenizer.eos_token_id, getattr(self.model.config, "vocab_size", None)]
+            self._fingerprint = hashlib.blake2b(json.dumps(facts).encode(), digest_size=16).hexdigest()
+        return self._fingerprint
 
     def engine(self, name: str) -> _Engine:
         """The adapter for engine ``name``, built once (it converts the whole vocabulary)."""
@@ -499,11 +582,18 @@ class LocalBackend(Backend):
     decoding only, to strings that have none (``None``: no cap). ``threads``: torch CPU threads
     while generating (default: torch's setting, one per core). On a machine busy with other work,
     ``threads=1`` can be several times faster: torch's threads spin waiting for each other.
+    ``grammar_cache``: where xgrammar and outlines_core grammars are kept between processes
+    (default ``cache_root()/grammars``; ``False``: compile in every process). See
+    ``guardrail.backends.grammar_cache``.
 
     The model loads on first use, once per process per (model, device); each schema is compiled
     once per engine, so a warm call compiles nothing (``compile_count`` says how many compilations
     ran). ``duration_s`` of each ``Generation`` is the wall time of the whole batched call that
-    produced it; ``completion_tokens`` counts the EOS token and no padding.
+    produced it; ``completion_tokens`` counts the EOS token and no padding. ``logprobs`` lists the
+    output's tokens (EOS excluded) with the natural-log probability of each under the constrained
+    distribution: the model's next-token distribution at temperature 1, after the repetition
+    penalty, restricted to the tokens the grammar allows and renormalised, before temperature,
+    top-k and top-p (so greedy and sampled outputs get comparable values; see ``_TokenLogprobs``).
 
     >>> backend = LocalBackend()  # doctest: +SKIP
     >>> backend.generate(["Ada Lovelace, ada@example.com"], Schema.load("contact"), Sampling())  # doctest: +SKIP
@@ -514,8 +604,14 @@ class LocalBackend(Backend):
     wants_instructions = True
 
     def __init__(self, model: str | None = None, *, engine: str | None = None, device: str | None = None,
-                 string_cap: int | None = DEFAULT_STRING_CAP, threads: int | None = None) -> None:
+                 string_cap: int | None = DEFAULT_STRING_CAP, threads: int | None = None,
+                 grammar_cache: bool | str | os.PathLike[str] = True) -> None:
         self.model_name = "embedded" if model in (None, "embedded") else str(model)
+        if grammar_cache is True:
+            from guardrail.backends.embedded import cache_root
+
+            grammar_cache = cache_root() / "grammars"
+        self.grammar_cache: Path | None = Path(grammar_cache) if grammar_cache else None
         if engine is not None and engine not in ENGINES:
             raise BackendError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
         self.engines: tuple[str, ...] = (engine, *(e for e in ENGINES if e != engine)) if engine else ENGINES
@@ -542,6 +638,12 @@ class LocalBackend(Backend):
         """How many grammar compilations have run for this backend's model (0 before loading)."""
         loaded = _MODELS.get((self.model_name, _resolve_device(self._device)))
         return loaded.compiles if loaded is not None else 0
+
+    @property
+    def disk_load_count(self) -> int:
+        """How many grammars were read from the on-disk cache instead of compiled."""
+        loaded = _MODELS.get((self.model_name, _resolve_device(self._device)))
+        return loaded.disk_loads if loaded is not None else 0
 
     def prepare(self, schema: Schema) -> None:
         """Compile ``schema`` for the first engine that accepts it, ahead of the first call."""
@@ -583,15 +685,45 @@ class LocalBackend(Backend):
             engine = loaded.engine(name)
             target = decoding_schema(schema.json_schema, string_cap=self.string_cap,
                                      forbid_newlines=engine.forbid_newlines, cap_patterns=engine.cap_patterns)
-            loaded.compiles += 1
-            try:
-                loaded.grammars[key] = engine.compile(json.dumps(target))
-            except EngineRefused as exc:
-                loaded.grammars[key] = exc
+            loaded.grammars[key] = self._compile_or_read(loaded, engine, json.dumps(target))
         found = loaded.grammars[key]
         if isinstance(found, EngineRefused):
             raise found
         return found
+
+    def _compile_or_read(self, loaded: _LoadedModel, engine: _Engine, schema_json: str) -> Any:
+        """Compile, or read what an earlier process compiled; an engine's refusal is returned."""
+        disk, entry = None, ""
+        if self.grammar_cache is not None and type(engine).serialize is not _Engine.serialize:
+            from guardrail.backends.grammar_cache import GrammarCache
+
+            disk = GrammarCache(self.grammar_cache)
+            facts = {"engine": engine.name, "version": _version(engine.name), "tokenizer": loaded.tokenizer_fingerprint()}
+            entry = disk.key(facts["engine"], facts["version"], facts["tokenizer"], schema_json)
+            payload = disk.load(entry, **facts)
+            if payload is not None:
+                try:
+                    compiled = engine.deserialize(payload)
+                except Exception as exc:  # noqa: BLE001 - an engine that cannot read it: compile instead
+                    warnings.warn(f"guardrail: ignoring a cached {engine.name} grammar it cannot read ({exc})",
+                                  RuntimeWarning, stacklevel=5)
+                else:
+                    loaded.disk_loads += 1
+                    return compiled
+        loaded.compiles += 1
+        try:
+            compiled = engine.compile(schema_json)
+        except EngineRefused as exc:
+            return exc
+        if disk is not None:
+            payload = engine.serialize(compiled)
+            if payload is not None:
+                try:
+                    disk.store(entry, payload, **facts)
+                except OSError as exc:  # a read-only or full disk: only slower next time
+                    warnings.warn(f"guardrail: could not write the grammar cache {disk.root}: {exc}",
+                                  RuntimeWarning, stacklevel=5)
+        return compiled
 
     # -- generating -----------------------------------------------------------------------------
 
@@ -615,13 +747,15 @@ class LocalBackend(Backend):
         with loaded.lock:  # one generation at a time per model: torch would share the cores anyway
             encoded = tokenizer(list(texts), return_tensors="pt", padding=True,
                                 add_special_tokens=not all(templated)).to(model.device)
-            processors = None
+            recorder = _TokenLogprobs()
+            processors = LogitsProcessorList([recorder])
             if compiled.engine is not None:
                 mask = _GrammarMask(loaded.engine(compiled.engine), compiled.grammar, eos_ids)
-                processors = LogitsProcessorList([mask])
+                processors = LogitsProcessorList([mask, recorder])  # the recorder sees masked scores
             with torch.inference_mode(), _threads(self.threads), \
                     _seeded(sampling.seed if config.do_sample else None, model.device):
                 output = model.generate(**encoded, generation_config=config, logits_processor=processors)
+                chosen = recorder.finish(output)
         elapsed = time.perf_counter() - started
         prompt_width = encoded["input_ids"].shape[1]
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
@@ -629,12 +763,14 @@ class LocalBackend(Backend):
         for row, new_tokens in enumerate(output[:, prompt_width:].tolist()):
             end = next((i for i, token in enumerate(new_tokens) if token in eos_ids), None)
             kept = new_tokens if end is None else new_tokens[:end]
+            text = tokenizer.decode(kept, skip_special_tokens=True)
             results.append(Generation(
-                text=tokenizer.decode(kept, skip_special_tokens=True),
+                text=text,
                 prompt_tokens=int(prompt_lengths[row]),
                 completion_tokens=len(new_tokens) if end is None else end + 1,
                 finish_reason="length" if end is None else "stop",
                 duration_s=elapsed,
+                logprobs=_token_logprobs(tokenizer, kept, chosen[row], text),
             ))
         return results
 
@@ -689,12 +825,87 @@ class LocalBackend(Backend):
         return info
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _eos_ids(config: Any, tokenizer: Any) -> frozenset[int]:
     eos = config.eos_token_id
     ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(int(i) for i in ids)
+
+
+class _TokenLogprobs:
+    """A logits processor that records the log-probability of every chosen token, per row.
+
+    Placed after the grammar mask, it sees the scores the mask returns, and transformers applies
+    the sampling warpers (temperature, top-k, top-p) only after every custom processor. So the
+    distribution recorded is the model's next-token distribution at temperature 1, after the
+    repetition penalty (if any) and restricted by the grammar and renormalised over the tokens it
+    allows: the *constrained distribution*. It is the same whether the token was then picked
+    greedily or sampled at some temperature, so confidences are comparable across strategies (the
+    warped distribution would make every greedy choice, and every top-k survivor, look certain).
+
+    The token chosen at step ``t`` is only known at step ``t + 1`` (as ``input_ids[:, -1]``), so
+    each call keeps one ``batch × vocabulary`` row of log-probabilities for the next call's lookup
+    and stores one number per row: memory stays bounded whatever the number of steps.
+    ``finish(sequences)`` looks up the last step's token and returns ``batch × steps`` values.
+    """
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.chosen: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self.previous is not None:
+            self.chosen.append(self.previous.gather(1, input_ids[:, -1:].to(self.previous.device)).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences: Any) -> list[list[float]]:
+        """Per row, the log-probability of each generated token (padding after EOS included)."""
+        import torch
+
+        if self.previous is None:
+            return [[] for _ in range(sequences.shape[0])]
+        self.chosen.append(self.previous.gather(1, sequences[:, -1:].to(self.previous.device)).squeeze(1))
+        self.previous = None
+        return torch.stack(self.chosen, dim=1).cpu().tolist()  # type: ignore[no-any-return]
+
+
+def _token_logprobs(tokenizer: Any, tokens: list[int], logprobs: list[float],
+                    text: str) -> list[tuple[str, float]] | None:
+    """``(token text, log-probability)`` per token, the texts joining exactly to ``text``.
+
+    A token's text is what it adds to the decoded prefix: ``decode(tokens[:i + 1])`` minus
+    ``decode(tokens[:i])``. A token that ends inside a multi-byte character adds nothing until
+    the token that completes the character (which gets the whole character), so characters are
+    never split or replaced. ``None`` when the pieces cannot be made to join to ``text`` (a
+    tokenizer whose decoding of a prefix is not a prefix of the decoding).
+    """
+    pieces: list[str] = []
+    done = ""  # decoded text already handed out
+    for i in range(len(tokens)):
+        current = tokenizer.decode(tokens[: i + 1], skip_special_tokens=True)
+        if current.endswith("\ufffd") and i + 1 < len(tokens):
+            pieces.append("")  # an unfinished character: wait for the token that completes it
+            continue
+        if not current.startswith(done):
+            return None
+        pieces.append(current[len(done):])
+        done = current
+    if "".join(pieces) != text or len(logprobs) < len(tokens):
+        return None
+    return [(piece, float(value)) for piece, value in zip(pieces, logprobs, strict=False)]
 
 
 @contextmanager

@@ -92,6 +92,20 @@ def report(
         help="Exit with code 3 when the score (0-100) is below this.")] = None,
     llm: Annotated[str | None, typer.Option(
         hidden=True, help="module:function to call instead of a local model (prompt -> text).")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        help="An OpenAI-compatible server to run on instead of a local model, e.g. http://127.0.0.1:8000/v1; "
+             "--model then names the server's model (default: its only one). API key: $OPENAI_API_KEY.")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, help="Prompts in flight at once, e.g. requests to --base-url (default: --batch-size).")] = None,
+    structured: Annotated[str, typer.Option(
+        help="How the server gets the schema with --base-url: auto, json_schema, json_object, vllm, "
+             "guided_json or prompt.")] = "auto",
+    strategy: Annotated[str, typer.Option(
+        help="Decoding strategy: greedy, sample, or vote (the per-field majority of --samples samples, with "
+             "per-field agreement; the report adds a calibration section).")] = "greedy",
+    samples: Annotated[int, typer.Option(min=1, help="Samples per prompt with --strategy vote.")] = 5,
+    temperature: Annotated[float | None, typer.Option(
+        min=0.0, help="Sampling temperature for --strategy sample or vote (default 0.7; seed 0).")] = None,
 ) -> None:
     """Score how robust extraction stays under noisy prompts; write report.json, .md and .html.
 
@@ -126,7 +140,10 @@ def report(
             result = run_report(suite, model, families, severities, seeds, retries, compare_unconstrained, out,
                                 batch_size, limit or None, progress, fail_under=fail_under, llm=function, chat=chat,
                                 guard_options={"max_new_tokens": max_new_tokens,
-                                               "max_new_tokens_cap": max_new_tokens})
+                                               "max_new_tokens_cap": max_new_tokens},
+                                backend_options={"base_url": base_url, "structured": structured} if base_url else None,
+                                concurrency=concurrency, strategy=strategy.strip().lower(), samples=samples,
+                                temperature=temperature)
         except (GuardrailError, ValueError, OSError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False, markup=False)
             raise typer.Exit(2) from None

@@ -24,7 +24,7 @@ from typing import Any
 
 from guardrail.report import svg
 from guardrail.report.edits import segments
-from guardrail.report.markdown import HEADLINE, headline_rows
+from guardrail.report.markdown import HEADLINE, calibration_notes, headline_rows
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1a1a1a;margin:0;background:#fafafa}
@@ -80,6 +80,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         _heatmap(report),
         _modes(report),
         _attempts(report),
+        _calibration(report),
         _worst(report),
         _setup(report),
         "</main></body></html>",
@@ -210,6 +211,34 @@ def _attempts(report: Mapping[str, Any]) -> str:
     if not charts:
         return ""
     return f'<h2>Attempts</h2><div class="charts">{"".join(charts)}</div>'
+
+
+def _calibration(report: Mapping[str, Any]) -> str:
+    """Reliability diagram and agreement table per mode, when rows carry confidence or agreement."""
+    out = []
+    for mode, cal in (report.get("calibration") or {}).items():
+        parts = [f"<h3>{_e(mode)}</h3>"]
+        parts += [f"<p>{_e(note).replace('**', '')}</p>" for note in calibration_notes(cal)]
+        charts = []
+        conf = cal.get("confidence") or {}
+        if conf.get("n"):
+            ece = conf.get("ece")
+            charts.append(svg.reliability_diagram(conf.get("bins") or [], title=f"reliability ({mode}), ECE "
+                                                  + ("–" if ece is None else f"{ece:.3f}")))
+        levels = (cal.get("agreement") or {}).get("levels") or {}
+        if levels:
+            charts.append(svg.bar_chart(list(levels), {"accuracy": [v["accuracy"] for v in levels.values()]},
+                                        title=f"field accuracy by vote agreement ({mode})", y_label="accuracy",
+                                        width=360))
+        if charts:
+            parts.append(f'<div class="charts">{"".join(charts)}</div>')
+        out.append("".join(parts))
+    if not out:
+        return ""
+    return ('<h2>Confidence and agreement</h2><p class="muted">Per-field confidence is the probability the model '
+            "gave the tokens of each field's value; agreement is the share of vote samples with the same value. "
+            "Both are checked against the gold: bars show each confidence bin's accuracy, dots its mean confidence, "
+            "the dashed diagonal perfect calibration.</p>" + "".join(out))
 
 
 def _marked(case: Mapping[str, Any], side: str, part: str) -> str:

@@ -12,6 +12,9 @@ dict, so the three files always agree. Layout::
     fields        mode -> per-field F1 by family (severities pooled), for the heatmap
     attempts      mode -> {"1": rows, "2": rows, ...}
     worst_cases   the perturbed rows that lost the most field F1 against their clean row
+    calibration   mode -> guardrail.calibration.calibration_summary(rows), for modes whose rows
+                  carry per-field confidence or vote agreement: the reliability diagram's bins,
+                  the expected calibration error, and field accuracy by agreement
     config, config_hash, seeds, model, versions
     run           rows done and planned, complete or not, torn lines skipped: facts about
                   this execution, kept out of ``metrics`` so a resumed run reports the same numbers
@@ -37,6 +40,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from guardrail.calibration import calibration_summary
 from guardrail.metrics import CLEAN, family_key, field_counts, flatten, row_values, summarize
 
 FORMAT = "guardrail-report/1"
@@ -93,6 +97,7 @@ def build_report(
         "fields": {mode: field_f1_by_family(rows[mode]) for mode in modes},
         "attempts": {mode: attempts_histogram(rows[mode]) for mode in modes},
         "worst_cases": worst_cases(rows[primary], limit=worst) if primary else [],
+        "calibration": {mode: found for mode in modes if (found := calibration_summary(rows[mode]))},
         "config": config,
         "config_hash": config_hash,
         "seeds": list(config.get("seeds", [])),

@@ -118,6 +118,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += _families(report)
     lines += _fields(report)
     lines += _attempts(report)
+    lines += _calibration(report)
     lines += _worst(report)
     lines += _setup(report)
     return "\n".join(lines).rstrip() + "\n"
@@ -184,6 +185,50 @@ def _attempts(report: Mapping[str, Any]) -> list[str]:
     keys = sorted({k for h in hist.values() for k in h}, key=int)
     rows = [[md_escape(mode), *(str(h.get(k, 0)) for k in keys)] for mode, h in hist.items()]
     return ["## Attempts per prompt", "", *_table(["mode", *keys], rows)]
+
+
+def calibration_notes(cal: Mapping[str, Any]) -> list[str]:
+    """Sentences summing up one mode's calibration (shared with the HTML report)."""
+    out = []
+    conf = cal.get("confidence") or {}
+    if conf.get("n"):
+        out.append(f"Per-field confidence (the probability the model gave each field's tokens): {conf['n']} fields, "
+                   f"mean confidence {_f3(conf.get('mean_confidence'))}, accuracy against the gold "
+                   f"{_f3(conf.get('accuracy'))}, expected calibration error **{_f3(conf.get('ece'))}**, "
+                   f"AUROC for telling right fields from wrong {_f3(conf.get('auroc'))}.")
+    agree = cal.get("agreement") or {}
+    if agree.get("n"):
+        unanimous, split = agree.get("unanimous") or {}, agree.get("split") or {}
+        omitted = agree.get("omitted") or {}
+        out.append(f"Vote agreement (fields the answer gives a value for, n={agree['n']}): accuracy "
+                   f"{_f3(unanimous.get('accuracy'))} where every sample agreed (n={unanimous.get('n', 0)}) and "
+                   f"{_f3(split.get('accuracy'))} where they did not (n={split.get('n', 0)}); AUROC of agreement "
+                   f"{_f3(agree.get('auroc'))}. Low agreement predicts wrong fields as far as the first figure "
+                   f"exceeds the second. Fields the gold has but the answer left out: {omitted.get('n', 0)}, "
+                   f"{omitted.get('unanimous', 0)} of them left out by every sample.")
+    return out
+
+
+def _f3(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _calibration(report: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for mode, cal in (report.get("calibration") or {}).items():
+        out += [f"## Confidence and agreement ({md_escape(mode)})", ""]
+        out += [line for note in calibration_notes(cal) for line in (note, "")]
+        bins = [b for b in ((cal.get("confidence") or {}).get("bins") or []) if b.get("n")]
+        if bins:
+            out += ["Reliability (a calibrated model's accuracy equals its confidence in every bin):", ""]
+            out += _table(["confidence", "fields", "mean confidence", "accuracy"],
+                          [[f"{b['lo']:.1f}–{b['hi']:.1f}", str(b["n"]), _f3(b["confidence"]), _f3(b["accuracy"])]
+                           for b in bins])
+        levels = (cal.get("agreement") or {}).get("levels") or {}
+        if levels:
+            out += _table(["agreement", "fields", "accuracy"],
+                          [[md_escape(k), str(v["n"]), _f3(v["accuracy"])] for k, v in levels.items()])
+    return out
 
 
 def _marked(case: Mapping[str, Any], side: str, part: str = "input") -> str:

@@ -142,6 +142,11 @@ def run_report(
     target: str = "input",
     chat: bool | None = None,
     guard_options: dict[str, Any] | None = None,
+    backend_options: dict[str, Any] | None = None,
+    concurrency: int | None = None,
+    strategy: str = "greedy",
+    samples: int = 5,
+    temperature: float | None = None,
 ) -> ReportRun:
     """Run (or resume) a robustness report into ``out_dir``; see the module docstring.
 
@@ -153,7 +158,16 @@ def run_report(
     decoding off. ``chat`` sends chat messages (instruction as system, few-shot examples as
     turns) instead of one rendered text; by default a local model gets chat messages (the
     embedded model copies text-inlined examples far more often) and an ``llm`` function gets
-    text. ``guard_options`` go to every ``Guard`` (e.g. ``max_new_tokens``).
+    text. ``guard_options`` go to every ``Guard`` (e.g. ``max_new_tokens``). ``backend_options``
+    go to ``guardrail.backends.resolve``: ``{"base_url": ...}`` runs on an OpenAI-compatible server
+    (``model`` is then the server's model name; ``"embedded"`` means its only one).
+    ``concurrency`` caps the prompts in flight at once (default: ``batch_size``; for a batching
+    local model it is the batch of one model call).
+    ``strategy`` (``greedy``, ``sample`` or ``vote``), ``samples`` and ``temperature`` choose the
+    decoding strategy of every guard (see ``Guard``), sampled with seed 0 unless ``guard_options``
+    gives one; rows then carry ``agreement`` (vote) and the report compares the fields'
+    ``confidence`` and agreement with the gold (``guardrail.calibration``). A vote batch holds
+    ``samples`` rows per prompt.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -183,6 +197,11 @@ def run_report(
         "guard_options": guard_options or {},
         "guardrail": _guardrail_version(),
     }
+    strategy_options = _strategy_options(strategy, samples, temperature, guard_options or {})
+    if strategy_options:  # only when not greedy, so greedy runs keep their configuration hash
+        config["strategy"] = strategy_options
+    if backend_options:  # only when given, so local runs keep their configuration hash; never the API key
+        config["backend"] = {k: v for k, v in backend_options.items() if k not in ("api_key", "headers")}
     store = Store.open(out_dir, config)
     items = plan(chosen, fams, sevs, seed_list, target)  # type: ignore[arg-type]
     work = [(mode, item, item_key(mode, item)) for mode in modes for item in items]
@@ -193,15 +212,15 @@ def run_report(
     total = len(work)
     if progress:
         progress(reused, total, "resumed" if reused else "starting")
-    runner = _Runner(model, llm, retries, guard_options or {})
+    runner = _Runner(model, llm, retries, {**(guard_options or {}), **strategy_options}, backend_options or {})
     interrupted = False
     ran = 0
     try:
-        for mode, task, batch in _batches(pending, batch_size):
+        for mode, task, batch in _batches(pending, max(batch_size, concurrency or 1)):
             prompts = [item.prompt(chat=use_chat) for _, item, _ in batch]
             guard = runner.guard(task)
             overrides = {"constrained": False} if mode == "unconstrained" else {}
-            results = guard.run_many(prompts, concurrency=batch_size, **overrides)
+            results = guard.run_many(prompts, concurrency=concurrency or batch_size, **overrides)
             rows = []
             for (_, item, key), prompt, result in zip(batch, prompts, results, strict=True):
                 rows.append({**outcome_row(item, prompt, result), "key": key, "mode": mode, **_issues(result)})
@@ -215,6 +234,20 @@ def run_report(
     finally:
         store.close()
     return _finish(store, work, position, modes, chosen, runner, interrupted, reused, ran, fail_under, n_boot)
+
+
+def _strategy_options(strategy: str, samples: int, temperature: float | None,
+                      guard_options: dict[str, Any]) -> dict[str, Any]:
+    """The ``Guard`` options of a decoding strategy (empty for greedy, the default)."""
+    from guardrail.guard import _check_strategy
+
+    chosen, temp = _check_strategy(strategy, samples, temperature)
+    if chosen == "greedy":
+        return {}
+    options: dict[str, Any] = {"strategy": chosen, "temperature": temp, "seed": guard_options.get("seed", 0)}
+    if chosen == "vote":
+        options["samples"] = samples
+    return options
 
 
 def item_key(mode: str, item: PlanItem) -> str:
@@ -286,8 +319,10 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> dic
 class _Runner:
     """Builds one guard per task on first use, so a fully resumed run never loads the model."""
 
-    def __init__(self, model: str, llm: Callable[..., Any] | None, retries: int, options: dict[str, Any]) -> None:
+    def __init__(self, model: str, llm: Callable[..., Any] | None, retries: int, options: dict[str, Any],
+                 backend_options: dict[str, Any] | None = None) -> None:
         self.model, self.llm, self.retries, self.options = model, llm, retries, options
+        self.backend_options = backend_options or {}
         self._backend: Any = None
         self._guards: dict[str, Any] = {}
 
@@ -296,7 +331,10 @@ class _Runner:
             from guardrail.backends import resolve
 
             # One backend for every task: the model loads once, each schema compiles once.
-            self._backend = resolve(self.llm, None if self.llm is not None else self.model)
+            model: str | None = None if self.llm is not None else self.model
+            if self.backend_options.get("base_url") and model == "embedded":
+                model = None  # a server's only model
+            self._backend = resolve(self.llm, model, **self.backend_options)
         return self._backend
 
     def guard(self, task: Task) -> Any:
@@ -310,7 +348,8 @@ class _Runner:
         if self.llm is not None:
             return {"backend": "callable", "function": _model_name("", self.llm)}
         if self._backend is None:
-            return {"backend": "local", "model": self.model}
+            remote = self.backend_options.get("base_url")
+            return {"backend": "remote", "base_url": remote} if remote else {"backend": "local", "model": self.model}
         info = dict(self._backend.describe())
         info.setdefault("model", self.model)
         return info

@@ -358,3 +358,54 @@ def histogram(
     out.append(_x_label(frame, x_label))
     out.append("</svg>")
     return "\n".join(out)
+
+
+def reliability_diagram(
+    bins: Sequence[Mapping[str, float | int | None]],
+    *,
+    title: str = "",
+    width: int = 320,
+    height: int = 300,
+) -> str:
+    """A reliability diagram: per confidence bin, a bar up to the bin's accuracy, a dot at (mean
+    confidence, accuracy), and the diagonal a calibrated model would follow.
+
+    ``bins`` are dicts ``{"lo", "hi", "n", "confidence", "accuracy"}`` (``guardrail.calibration``);
+    empty bins draw nothing. Each bar is labelled with its number of fields.
+
+    >>> svg = reliability_diagram([{"lo": 0.0, "hi": 0.5, "n": 3, "confidence": 0.3, "accuracy": 0.2},
+    ...                            {"lo": 0.5, "hi": 1.0, "n": 0, "confidence": None, "accuracy": None}])
+    >>> svg.count('class="gr-rel-bin"'), 'class="gr-diagonal"' in svg
+    (1, True)
+    """
+    frame = _Frame(width, height)
+
+    def px(x: float) -> float:
+        return frame.left + min(max(x, 0.0), 1.0) * frame.plot_w
+
+    def py(y: float) -> float:
+        return frame.top + (1 - min(max(y, 0.0), 1.0)) * frame.plot_h
+
+    out = _open("reliability", width, height, title)
+    out += _y_axis(frame, 0.0, 1.0, "accuracy")
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<text x="{_n(px(tick))}" y="{_n(frame.top + frame.plot_h + 16)}" text-anchor="middle" '
+                   f'fill="#444">{_t(_fmt(tick))}</text>')
+    out.append(_x_label(frame, "confidence"))
+    out.append(f'<line class="gr-diagonal" x1="{_n(px(0))}" y1="{_n(py(0))}" x2="{_n(px(1))}" y2="{_n(py(1))}" '
+               'stroke="#888" stroke-dasharray="4 3"/>')
+    for cell in bins:
+        n, acc, conf = cell.get("n") or 0, cell.get("accuracy"), cell.get("confidence")
+        if not n or acc is None or conf is None:
+            continue
+        lo, hi = float(cell.get("lo") or 0.0), float(cell.get("hi") or 1.0)
+        x, w = px(lo) + 1, px(hi) - px(lo) - 2
+        out.append(f'<rect class="gr-rel-bin" x="{_n(x)}" y="{_n(py(acc))}" width="{_n(w)}" '
+                   f'height="{_n(py(0) - py(acc))}" fill="{PALETTE[0]}" fill-opacity="0.55"><title>'
+                   f"confidence {_t(_fmt(lo))}–{_t(_fmt(hi))}: {n} fields, mean confidence {conf:.3f}, "
+                   f"accuracy {acc:.3f}</title></rect>")
+        out.append(f'<circle cx="{_n(px(conf))}" cy="{_n(py(acc))}" r="3" fill="{PALETTE[3]}"/>')
+        out.append(f'<text x="{_n(x + w / 2)}" y="{_n(py(acc) - 3)}" text-anchor="middle" fill="#222" '
+                   f'font-size="9">{n}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
