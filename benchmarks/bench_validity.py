@@ -24,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--cases", type=int, default=0, help="first N cases per schema (0: all)")
     args = parser.parse_args()
     suite = load_suite(SUITE)
     print("| schema | cases | mode | valid at attempt 1 | mean field F1 | seconds |")
@@ -31,13 +32,14 @@ def main() -> None:
     for task in suite.tasks:
         guard = Guard(task.schema, retries=0, max_new_tokens=args.max_new_tokens, threads=args.threads,
                       repetition_penalty=1.15)
-        prompts = [task.messages(case.input) for case in task.cases]
+        cases = task.cases[: args.cases] if args.cases else task.cases
+        prompts = [task.messages(case.input) for case in cases]
         for constrained in (True, False):
             start = time.perf_counter()
             results = guard.run_many(prompts, concurrency=16, constrained=constrained)
             seconds = time.perf_counter() - start
             valid = sum(r.ok for r in results)
-            f1 = sum(field_f1(r.data, case.gold, valid=r.ok) for r, case in zip(results, task.cases, strict=True))
+            f1 = sum(field_f1(r.data, case.gold, valid=r.ok) for r, case in zip(results, cases, strict=True))
             mode = "constrained" if constrained else "unconstrained"
             print(f"| {task.name} | {len(results)} | {mode} | {valid}/{len(results)} | "
                   f"{f1 / len(results):.2f} | {seconds:.0f} |", flush=True)

@@ -152,6 +152,23 @@ def test_instructions_state_the_task_and_add_examples() -> None:
     assert "Use null when a value is not in the text." in instructions(nullable)[0]["content"]
 
 
+def test_fallback_engines_refuse_schemas_they_would_widen() -> None:
+    from guardrail.backends import local
+
+    xgrammar = object.__new__(local._XGrammar)  # admit() needs no tokenizer
+    xgrammar.admit({"type": "object", "properties": {"a": {"type": "string", "maxLength": 5}}, "required": ["a"]})
+    for schema, keyword in [({"not": {"type": "null"}}, "not"),
+                            ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+                            ({"oneOf": [{"type": "integer"}, {"minimum": 0}]}, "oneOf"),
+                            ({"$defs": {"unused": {"if": {}, "then": {}}}}, "if, then"),
+                            ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "length with pattern")]:
+        with pytest.raises(EngineRefused, match=f"it would ignore {keyword}"):
+            xgrammar.admit(schema)
+    # Annotations and unknown keywords are not constraints; a property named like a keyword is a name.
+    xgrammar.admit({"title": "t", "x-kind": 1, "properties": {"not": {"type": "string"}}})
+    object.__new__(local._LLGuidance).admit({"not": {}})  # llguidance refuses what it cannot do itself
+
+
 def test_missing_embedded_model_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     from guardrail.backends import embedded
 
@@ -255,18 +272,34 @@ def test_warm_call_compiles_nothing(backend: LocalBackend) -> None:
 @pytest.mark.slow
 @needs_model
 def test_engine_refusal_falls_back_with_a_warning(backend: LocalBackend) -> None:
-    # llguidance does not implement uniqueItems and says so; xgrammar compiles it.
+    # llguidance refuses a format it does not know and says so; xgrammar compiles the schema.
+    schema = Schema.load({"type": "object", "properties": {"file": {"type": "string", "format": "path"}},
+                          "required": ["file"]}, name="path-format")
+    with pytest.warns(RuntimeWarning, match=r"llguidance engine cannot compile schema 'path-format'.*path"):
+        [out] = backend.generate([[{"role": "user", "content": "The file is /etc/hosts"}]], schema,
+                                 Sampling(max_new_tokens=20))
+    assert backend.engine_for(schema) == "xgrammar"
+    assert out.text.startswith('{"file": "')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warm: the choice is remembered, no second warning
+        backend.generate([[{"role": "user", "content": "File: a.txt"}]], schema, Sampling(max_new_tokens=4))
+
+
+@pytest.mark.slow
+@needs_model
+def test_no_fallback_to_an_engine_that_would_ignore_a_keyword(backend: LocalBackend) -> None:
+    # llguidance refuses uniqueItems; xgrammar and outlines_core would compile the schema but ignore
+    # uniqueItems (xgrammar accepted ["a", "a"]), so they are not used: generation is unconstrained
+    # and the validator still enforces the keyword.
     schema = Schema.load({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"},
                                                                     "uniqueItems": True, "maxItems": 3}},
                           "required": ["tags"]}, name="unique-tags")
-    with pytest.warns(RuntimeWarning, match=r"llguidance engine cannot compile schema 'unique-tags'.*uniqueItems"):
-        [out] = backend.generate([[{"role": "user", "content": "Tags: red, blue"}]], schema,
-                                 Sampling(max_new_tokens=20))
-    assert backend.engine_for(schema) == "xgrammar"
-    assert out.text.startswith('{"tags": [')
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warm: the choice is remembered, no second warning
-        backend.generate([[{"role": "user", "content": "Tags: green"}]], schema, Sampling(max_new_tokens=4))
+    with pytest.warns(RuntimeWarning) as caught:
+        assert backend.engine_for(schema) is None
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "xgrammar engine cannot compile schema 'unique-tags' (it would ignore uniqueItems)" in messages
+    assert "outlines_core engine cannot compile schema 'unique-tags' (it would ignore uniqueItems)" in messages
+    assert "generating unconstrained" in messages
 
 
 @pytest.mark.slow

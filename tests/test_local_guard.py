@@ -100,3 +100,31 @@ def test_too_small_token_budget_is_truncation_and_raised_on_retry() -> None:
     assert first.issues[0].keyword == "truncated"
     assert [a.max_new_tokens for a in attempts] == [8, 16, 32][: len(attempts)]
     assert len(attempts) == 3 or attempts[-1].ended == "valid"
+
+
+# Real-world schemas of different shapes (JSONSchemaBench dev): BFCL function arguments, a GitHub
+# config, a Kubernetes object, an MCP message. Constrained output must validate, or be cut off by
+# the token budget and then retried with a larger one: never an invalid attempt.
+DEV_SCHEMAS = ["BFCL_simple_0.json", "Github_easy---o10008.json", "Kubernetes---kb_0_Normalized.json",
+               "MCPspec---CancelledNotification.json"]
+
+
+@pytest.mark.parametrize("name", DEV_SCHEMAS)
+def test_real_world_schema_output_is_valid_or_a_retried_cut_off(name: str, shared_data) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from guardrail.backends.local import LocalBackend
+
+    path = shared_data / "jsonschemabench-sample" / "dev" / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not in this copy of the sample")
+    document = json.loads(path.read_text(encoding="utf-8"))
+    backend = LocalBackend(threads=THREADS)
+    g = Guard(document["schema"], llm=backend, retries=2, max_new_tokens=48, max_new_tokens_cap=192)
+    assert backend.engine_for(g.schema) is not None  # constrained, not a fallback to free text
+    [result] = g.run_many(["Write one realistic example of this JSON object."])
+    endings = [a.ended for a in result.attempts]
+    assert "invalid" not in endings, result.attempts[endings.index("invalid")].issues
+    assert result.ok or set(endings) == {"truncated"}, endings
+    if len(endings) > 1:  # a cut-off was retried with twice the budget
+        assert result.attempts[1].max_new_tokens == 2 * result.attempts[0].max_new_tokens

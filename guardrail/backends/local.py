@@ -178,6 +178,49 @@ def _combines_objects(node: Any) -> bool:
     )
 
 
+#: JSON Schema keywords that constrain instances (drafts 7 to 2020-12); the rest are annotations.
+VALIDATION_KEYWORDS = frozenset({
+    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
+    "maxLength", "minLength", "pattern", "format", "maxItems", "minItems", "uniqueItems", "maxContains",
+    "minContains", "contains", "maxProperties", "minProperties", "required", "dependentRequired", "dependencies",
+    "dependentSchemas", "properties", "patternProperties", "additionalProperties", "propertyNames", "items",
+    "prefixItems", "additionalItems", "unevaluatedItems", "unevaluatedProperties", "allOf", "anyOf", "oneOf", "not",
+    "if", "then", "else", "$ref", "$dynamicRef", "$recursiveRef",
+})
+_NAMES = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def _validation_keywords(node: Any) -> set[str]:
+    """Every validation keyword used anywhere in a schema (an unreachable $defs entry included).
+
+    ``maxLength``/``minLength`` next to ``pattern`` or ``format`` count as ``"length with pattern"``,
+    which the fallback engines drop.
+    """
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            if key in ("enum", "const", "default", "examples"):  # values, not schemas
+                found |= {key} & VALIDATION_KEYWORDS
+            elif key in _NAMES and isinstance(value, dict):  # names -> schemas
+                found |= {key} & VALIDATION_KEYWORDS
+                stack.extend(value.values())
+            elif key in VALIDATION_KEYWORDS:
+                found.add(key)
+                stack.append(value)
+            elif isinstance(value, (dict, list)) and key not in ("required", "type"):
+                stack.append(value)  # an unknown keyword holding schemas ($defs in older drafts...)
+        if {"maxLength", "minLength"} & item.keys() and {"pattern", "format"} & item.keys():
+            found.add("length with pattern")
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # Engines: compile once per schema, then hand out one matcher per row of a batch
 
@@ -188,6 +231,10 @@ class _Engine:
     name = ""
     forbid_newlines = False  # whether it can hold free strings to a no-newline pattern
     cap_patterns = False  # whether it applies maxLength together with a pattern or format
+    #: The validation keywords it enforces; None: all it accepts (it refuses what it cannot do).
+    #: An engine that silently ignores a keyword would let through output the validator rejects,
+    #: so a schema using any other keyword is refused before compiling (see ``admit``).
+    enforces: frozenset[str] | None = None
 
     def __init__(self, outlines_model: Any) -> None:
         """Adapt the tokenizer of ``outlines_model`` (an ``outlines.from_transformers`` model)."""
@@ -195,6 +242,14 @@ class _Engine:
     def words(self, width: int) -> int:
         """int32 words per row of the bitmask, for logits ``width`` wide."""
         return (width + 31) // 32
+
+    def admit(self, schema: Any) -> None:
+        """Raise ``EngineRefused`` if the engine would ignore a keyword of ``schema`` (never widen it)."""
+        if self.enforces is None:
+            return
+        ignored = sorted(_validation_keywords(schema) - self.enforces)
+        if ignored:
+            raise EngineRefused(f"it would ignore {', '.join(ignored)}")
 
     def compile(self, schema_json: str) -> Any:
         raise NotImplementedError
@@ -274,6 +329,11 @@ class _LLGuidance(_Engine):
 
 class _XGrammar(_Engine):
     name = "xgrammar"
+    # On the JSONSchemaBench dev sample it compiled schemas with "not", "dependencies",
+    # "uniqueItems" and "oneOf" (as anyOf) and then accepted instances those keywords forbid.
+    enforces = frozenset({"type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                          "minLength", "maxLength", "pattern", "format", "minItems", "maxItems", "items",
+                          "prefixItems", "properties", "required", "additionalProperties", "anyOf", "$ref"})
     # xgrammar ignores maxLength next to a pattern or format (it prints a warning), so it gets the
     # cap alone.
 
@@ -316,6 +376,7 @@ class _XGrammar(_Engine):
 
 class _OutlinesCore(_Engine):
     name = "outlines_core"
+    enforces = _XGrammar.enforces
     # maxLength next to a pattern or format replaces them in its regex, so those are not capped.
 
     def __init__(self, outlines_model: Any) -> None:
@@ -685,7 +746,12 @@ class LocalBackend(Backend):
             engine = loaded.engine(name)
             target = decoding_schema(schema.json_schema, string_cap=self.string_cap,
                                      forbid_newlines=engine.forbid_newlines, cap_patterns=engine.cap_patterns)
-            loaded.grammars[key] = self._compile_or_read(loaded, engine, json.dumps(target))
+            try:
+                engine.admit(target)
+            except EngineRefused as exc:
+                loaded.grammars[key] = exc
+            else:
+                loaded.grammars[key] = self._compile_or_read(loaded, engine, json.dumps(target))
         found = loaded.grammars[key]
         if isinstance(found, EngineRefused):
             raise found

@@ -8,8 +8,8 @@ batches, appends each outcome row to ``OUT/results.jsonl`` as it arrives, and fi
 Resume rules (the file handling lives in ``guardrail.report.store``):
 
 * the run is keyed by a hash of its configuration (suite content, model, families, severities,
-  seeds, retries, decoding modes, limit, guardrail version), stored in ``OUT/run.json``; each
-  row is keyed by ``mode/task/case/family/severity/seed/target``;
+  seeds, retries, decoding modes, decoding strategy when not greedy, limit, guardrail version),
+  stored in ``OUT/run.json``; each row is keyed by ``mode/task/case/family/severity/seed/target``;
 * rerunning the same command skips finished rows; a *changed* configuration moves the old
   ``results.jsonl`` and ``run.json`` aside (``results.<oldhash>.jsonl``) and starts afresh, so
   rows of two configurations are never mixed and nothing is deleted;
