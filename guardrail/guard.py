@@ -109,6 +109,7 @@ class Guard(Generic[T]):
         self.examples = list(examples)
         self.instructions = instructions
         self.max_new_tokens_cap = max_new_tokens_cap
+        self._instructions: list[dict[str, str]] | None = None
         self.sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                                  max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
         _check_template(reask_template)
@@ -134,19 +135,27 @@ class Guard(Generic[T]):
         A batching backend (the local model) gets up to ``concurrency`` prompts per generate call;
         any other backend gets up to ``concurrency`` calls in flight at once.
         """
+        if self.backend.batches:  # no event loop needed: batches run one after another anyway
+            episodes = self._episodes(prompts, concurrency, sampling)
+            for start in range(0, len(episodes), concurrency):
+                self._drive(episodes[start : start + concurrency], self.backend)
+            return [e.result() for e in episodes]
         return _run_coroutine(self.arun_many(prompts, concurrency=concurrency, **sampling))  # type: ignore[no-any-return]
 
     async def arun_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4, **sampling: Any) -> list[Result[T]]:
         """Async ``run_many``."""
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        episodes = [self._episode(p, sampling) for p in prompts]
+        episodes = self._episodes(prompts, concurrency, sampling)
         if self.backend.batches:
             for start in range(0, len(episodes), concurrency):
                 await self._adrive(episodes[start : start + concurrency], self.backend)
         else:
             await self._adrive_bounded(episodes, concurrency)
         return [e.result() for e in episodes]
+
+    def _episodes(self, prompts: Sequence[Prompt], concurrency: int, sampling: dict[str, Any]) -> list[_Episode]:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        return [self._episode(p, sampling) for p in prompts]
 
     # -- drivers: the only places that do I/O ------------------------------------------------
 
@@ -161,7 +170,8 @@ class Guard(Generic[T]):
                     with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
                         outcomes = list(pool.map(lambda call: self._call(backend, *call), calls))
                 _settle(calls, outcomes, time.perf_counter() - start)
-            time.sleep(_pause(active))
+            if pause := _pause(active):  # even sleep(0) costs about half a millisecond
+                time.sleep(pause)
 
     def _call(self, backend: Backend, sampling: Sampling, owners: list[_Episode]) -> list[Generation] | BaseException:
         try:
@@ -176,7 +186,8 @@ class Guard(Generic[T]):
                 calls = _calls(group, sampling, backend.batches)
                 outcomes = await asyncio.gather(*(self._acall(backend, *call) for call in calls))
                 _settle(calls, list(outcomes), time.perf_counter() - start)
-            await asyncio.sleep(_pause(active))
+            if pause := _pause(active):
+                await asyncio.sleep(pause)
 
     async def _acall(self, backend: Backend, sampling: Sampling,
                      owners: list[_Episode]) -> list[Generation] | BaseException:
@@ -207,7 +218,9 @@ class Guard(Generic[T]):
             if self.instructions is not None:
                 request = [{"role": "system", "content": self.instructions}, *user]
             else:
-                request = [*instructions(self.schema.json_schema, self.examples), *user]
+                if self._instructions is None:  # the same for every prompt: built once
+                    self._instructions = instructions(self.schema.json_schema, self.examples)
+                request = [*self._instructions, *user]
         return _Episode(self, request, self.sampling.but(**overrides))
 
     def __repr__(self) -> str:

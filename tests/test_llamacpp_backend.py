@@ -53,8 +53,9 @@ def backend():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("name", sorted(REALISTIC))
 def test_each_shipped_schema_yields_valid_output(name: str) -> None:
-    # As on the transformers path, a mild repetition penalty lets the model close the item list.
-    penalty = 1.15 if name == "invoice" else None
+    # As on the transformers path, a mild repetition penalty lets the model close its lists
+    # (invoice items, attendees) instead of repeating one entry to the token limit.
+    penalty = 1.15 if name in ("invoice", "calendar_event") else None
     guard = Guard(name, runtime="llamacpp", n_threads=THREADS, retries=2, max_new_tokens=160,
                   repetition_penalty=penalty)
     assert type(guard.backend).__name__ == "LlamaCppBackend"
@@ -89,9 +90,9 @@ def test_prefix_snapshots_do_not_change_outputs(backend) -> None:  # type: ignor
     from guardrail.prompting import instructions
 
     schema = Schema.load("contact")
-    texts = ["Ada Lovelace, ada@example.com", "Grace Hopper, grace@navy.mil, +1 555 0100", "Call Ana on 555-0100"]
+    texts = ["Ada Lovelace, ada@example.com", "Grace Hopper, grace@navy.mil, +1 555 0100"]
     prompts = [[*instructions(schema.json_schema), {"role": "user", "content": text}] for text in texts]
-    sampling = Sampling(temperature=1.0, seed=3, max_new_tokens=40)  # sampling: sensitive to any change
+    sampling = Sampling(temperature=1.0, seed=3, max_new_tokens=24)  # sampling: sensitive to any change
     cold = LlamaCppBackend(n_threads=THREADS, prefix_cache_mb=0)
     expected = [cold.generate([p], schema, sampling)[0] for p in prompts]
     hits = backend.prefix_hits
@@ -99,7 +100,7 @@ def test_prefix_snapshots_do_not_change_outputs(backend) -> None:  # type: ignor
         for prompt, reference in zip(prompts, expected, strict=True):
             [got] = backend.generate([prompt], schema, sampling)
             assert (got.text, got.logprobs) == (reference.text, reference.logprobs)
-    assert backend.prefix_hits - hits >= 4  # every prompt after the first two started from the snapshot
+    assert backend.prefix_hits - hits >= 2  # at least the second round started from the snapshot
 
 
 def test_seeded_sampling_is_reproducible(backend) -> None:  # type: ignore[no-untyped-def]
@@ -107,11 +108,11 @@ def test_seeded_sampling_is_reproducible(backend) -> None:  # type: ignore[no-un
     text = "Reach Omar Haddad at omar@haddad.dev"
 
     def draw(seed: int) -> str:
-        sampling = Sampling(temperature=1.2, top_p=0.95, top_k=50, seed=seed, max_new_tokens=48)
+        sampling = Sampling(temperature=1.2, top_p=0.95, top_k=50, seed=seed, max_new_tokens=24)
         return backend.generate([text], schema, sampling)[0].text
 
     assert draw(7) == draw(7)
-    assert len({draw(seed) for seed in (1, 2, 3, 4)}) > 1  # the seed is what varies the draw
+    assert len({draw(seed) for seed in (1, 2, 3)}) > 1  # the seed is what varies the draw
 
 
 def test_unconstrained_generation_runs(backend) -> None:  # type: ignore[no-untyped-def]

@@ -50,7 +50,9 @@ class Generation:
     ``finish_reason`` is ``"stop"`` when the model ended on its own, ``"length"`` when it hit
     ``max_new_tokens``, or ``None`` when the backend cannot tell. ``logprobs``, when the backend
     knows them, lists the output's tokens in order as ``(token text, natural-log probability of
-    that token under the distribution it was drawn from)``; the token texts join to ``text``.
+    that token)``; the token texts join to ``text``. The local backend gives the probability under
+    the model's distribution at temperature 1 restricted to what the grammar allows (so greedy and
+    sampled outputs are comparable); a server gives what it reports.
     """
 
     text: str

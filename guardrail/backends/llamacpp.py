@@ -40,6 +40,7 @@ A schema llguidance refuses is generated unconstrained, with a warning; validati
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import hashlib
 import json
@@ -86,6 +87,7 @@ class _LoadedLlama:
     load_seconds: float
     lock: threading.RLock = field(default_factory=threading.RLock)
     formatter: Any = None  # a Jinja2ChatFormatter from the GGUF's chat template, or None
+    history_formatter: Any = None  # the same without the generation prompt: renders leading messages
     eos: int = -1  # the token the grammar ends with
     end_tokens: frozenset[int] = frozenset()  # every end-of-generation token
     pieces: list[bytes] = field(default_factory=list)  # token id -> its bytes (special tokens: b"")
@@ -139,6 +141,10 @@ def _load(path: Path, n_ctx: int, n_gpu_layers: int) -> _LoadedLlama:
         except (ValueError, RuntimeError, OSError) as exc:
             raise BackendError(f"llama.cpp could not load {path}: {exc}",
                                hint="is it a GGUF file of a model llama.cpp supports?") from exc
+        if not _MODELS:
+            # Free the models while llama_cpp can still do it: left to interpreter shutdown,
+            # Llama.__del__ finds the module half torn down and prints a traceback.
+            atexit.register(unload_llamacpp_models)
         loaded = _LoadedLlama(path, llama, time.perf_counter() - started)
         vocab = llama_cpp.llama_model_get_vocab(llama.model)
         loaded.eos = int(llama.token_eos())
@@ -154,8 +160,10 @@ def _load(path: Path, n_ctx: int, n_gpu_layers: int) -> _LoadedLlama:
             def special(token: int) -> str:
                 return _piece(llama_cpp, vocab, token, special=True).decode("utf-8", "replace") if token >= 0 else ""
 
-            loaded.formatter = Jinja2ChatFormatter(template, eos_token=special(loaded.eos),
-                                                   bos_token=special(int(llama.token_bos())), add_generation_prompt=True)
+            eos, bos = special(loaded.eos), special(int(llama.token_bos()))
+            loaded.formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+            loaded.history_formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos,
+                                                           add_generation_prompt=False)
         _MODELS[key] = loaded
         return loaded
 
@@ -301,7 +309,7 @@ class LlamaCppBackend(Backend):
 
         llama_cpp = _import_llama_cpp()
         started = time.perf_counter()
-        tokens = self._tokens(loaded, prompt)
+        tokens, cuts = self._tokens(loaded, prompt)
         room = self.n_ctx - len(tokens)
         if room < 1:
             raise BackendError(f"the prompt has {len(tokens)} tokens, which leaves no room in a context of "
@@ -319,7 +327,7 @@ class LlamaCppBackend(Backend):
         finish = "length"
         with loaded.lock:  # one generation at a time per model
             threads = self._set_threads(llama_cpp, llama)
-            self._feed_prompt(llama_cpp, loaded, tokens, threads)
+            self._feed_prompt(llama_cpp, loaded, tokens, cuts, threads)
             for step in range(budget):
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1),
                                                shape=(loaded.n_vocab,)).astype(np.float64)
@@ -367,45 +375,57 @@ class LlamaCppBackend(Backend):
             llama_cpp.llama_set_n_threads(llama.ctx, wanted, wanted)
         return wanted
 
-    def _feed_prompt(self, llama_cpp: Any, loaded: _LoadedLlama, tokens: list[int], threads: int) -> None:
+    def _feed_prompt(self, llama_cpp: Any, loaded: _LoadedLlama, tokens: list[int], cuts: list[int],
+                     threads: int) -> None:
         """Evaluate the prompt into an empty KV cache, starting from a saved prefix when one fits.
 
-        The cache is always cleared first, so every prompt's cells are laid out as in a fresh
-        process: reusing cells left by the previous request (as llama.cpp's server does) puts them
-        in another order, which changes the sums of attention slightly, and so the output. A
-        restored snapshot holds exactly the bytes a fresh evaluation of that prefix writes
-        (llama.cpp computes each position alike whatever the batch it is in), so the logits, and
-        every output, are the same bit for bit as without the cache; tests check it.
+        Outputs must not depend on what ran before, and llama.cpp's results do depend, slightly,
+        on how a prompt is split into batches and on where its cells lie in the KV cache. So:
+
+        * the cache is cleared first, so the cells lie as in a fresh process (llama.cpp's server
+          instead keeps the cells of the previous request, which reorders them);
+        * the prompt is always evaluated in the same pieces, cut where its messages end
+          (``cuts``, which depend on the prompt only);
+        * snapshots (``llama_state_seq_get_data``) are taken, and restored, only at those cuts:
+          a restored prefix holds the very bytes that evaluating it would write, and the rest is
+          computed exactly as without the snapshot.
+
+        A cut is saved once a recent prompt shared it (the system prompt, the examples: whatever
+        the requests of a guard have in common), within ``prefix_cache_mb``, least recently used
+        out first. Tests check that outputs and log-probabilities are the same bit for bit with
+        and without snapshots.
         """
         llama = loaded.llama
         llama._ctx.kv_cache_clear()
         llama.reset()
         start = 0
+        save_at: set[int] = set()
         budget = int(self.prefix_cache_mb * 2**20)
-        if budget > 0:
-            best = max((key for key in loaded.snapshots if key[0] == threads and len(key[1]) < len(tokens)
-                        and tuple(tokens[:len(key[1])]) == key[1]), key=lambda key: len(key[1]), default=None)
-            if best is not None:
-                snapshot = loaded.snapshots[best]
+        if budget > 0 and cuts:
+            for cut in reversed(cuts):  # the longest saved prefix first
+                key = (threads, tuple(tokens[:cut]))
+                snapshot = loaded.snapshots.get(key)
+                if snapshot is None:
+                    continue
                 if llama_cpp.llama_state_seq_set_data(llama.ctx, snapshot.state, snapshot.size, 0) == snapshot.size:
-                    start = len(best[1])
-                    llama.input_ids[:start] = best[1]
-                    llama.n_tokens = start
-                    loaded.snapshots.move_to_end(best)
+                    start = cut
+                    llama.input_ids[:cut] = tokens[:cut]
+                    llama.n_tokens = cut
+                    loaded.snapshots.move_to_end(key)
                     loaded.prefix_hits += 1
                 else:  # refused: forget it, and evaluate everything
-                    del loaded.snapshots[best]
+                    del loaded.snapshots[key]
                     llama._ctx.kv_cache_clear()
-            # A prefix this prompt shares with a recent one (the instructions, the examples) is
-            # evaluated on its own and saved, for the next prompt that starts the same way.
+                    llama.reset()
+                break
             shared = max((_common(tokens, earlier) for count, earlier in loaded.recent if count == threads), default=0)
-            shared = min(shared, len(tokens) - 1)
-            if shared >= start + _MIN_PREFIX:
-                llama.eval(tokens[start:shared])
-                start = shared
-                self._save(llama_cpp, loaded, (threads, tuple(tokens[:shared])), budget)
+            save_at = {cut for cut in cuts if start < cut <= shared and cut >= _MIN_PREFIX}
             loaded.recent.append((threads, tuple(tokens)))
-        llama.eval(tokens[start:])
+        for end in [*(cut for cut in cuts if cut > start), len(tokens)]:
+            llama.eval(tokens[start:end])
+            start = end
+            if end in save_at:
+                self._save(llama_cpp, loaded, (threads, tuple(tokens[:end])), budget)
 
     @staticmethod
     def _save(llama_cpp: Any, loaded: _LoadedLlama, key: tuple[int, tuple[int, ...]], budget: int) -> None:
@@ -438,18 +458,37 @@ class LlamaCppBackend(Backend):
             allowed = np.pad(allowed, (0, n_vocab - allowed.shape[0]))
         return allowed if allowed.any() else None
 
-    def _tokens(self, loaded: _LoadedLlama, prompt: Prompt) -> list[int]:
-        """The prompt as tokens, through the GGUF's chat template when it has one."""
+    @staticmethod
+    def _tokens(loaded: _LoadedLlama, prompt: Prompt) -> tuple[list[int], list[int]]:
+        """The prompt as tokens (through the GGUF's chat template when it has one), and its cuts.
+
+        The cuts are the token positions where a message ends (where the tokens of the leading
+        messages alone stop), found from the prompt alone: the prompt is always evaluated in
+        pieces between them, and KV-cache snapshots are taken only there (``_feed_prompt``).
+        """
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        if loaded.formatter is not None:
-            text = loaded.formatter(messages=messages).prompt
+        llama = loaded.llama
+        if loaded.formatter is None:
+            if isinstance(prompt, str):
+                text = prompt
+            else:  # a base model without a template: a plain transcript that ends where the answer goes
+                text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
+            return list(llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)), []
+
+        def encode(text: str) -> list[int]:
             # The template writes any special tokens itself (transformers: add_special_tokens=False).
-            return list(loaded.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-        if isinstance(prompt, str):
-            text = prompt
-        else:  # a base model without a template: a plain transcript that ends where the answer goes
-            text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
-        return list(loaded.llama.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+            return list(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+        text = loaded.formatter(messages=messages).prompt
+        tokens = encode(text)
+        cuts = []
+        for end in range(1, len(messages)):
+            head = loaded.history_formatter(messages=messages[:end]).prompt
+            if head and text.startswith(head):
+                part = encode(head)
+                if 0 < len(part) < len(tokens) and tokens[:len(part)] == part:
+                    cuts.append(len(part))
+        return tokens, sorted(set(cuts))
 
     def describe(self) -> dict[str, Any]:
         """Backend, runtime, model file, threads, context and library versions, for reports."""
@@ -494,7 +533,9 @@ def _compile(loaded: _LoadedLlama, schema_json: str) -> Any:
         from llguidance.llamacpp import lltokenizer_from_vocab
 
         vocab = llama_cpp.llama_model_get_vocab(loaded.llama.model)
-        loaded.tokenizer = lltokenizer_from_vocab(vocab, eos_token=loaded.eos)
+        with warnings.catch_warnings():  # it calls llama_token_get_attr, deprecated: two warnings per token
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded.tokenizer = lltokenizer_from_vocab(vocab, eos_token=loaded.eos)
     try:
         grammar = LLMatcher.grammar_from_json_schema(schema_json, overrides={
             "whitespace_flexible": False, "item_separator": SEPARATORS[0], "key_separator": SEPARATORS[1]})
