@@ -94,18 +94,19 @@ def main() -> None:
         out: dict[str, list[Any]] = {name: [] for name in runs}
         rows = []
         for case, schema, messages in items:
-            row = [case, str(len(json.dumps(messages)))]
+            row = [case]
             for name, backend in runs.items():
                 done = backend.generate([messages], schema, sampling)[0]
                 out[name].append(done)
                 row += [f"{done.duration_s:.2f}", str(done.completion_tokens), "yes" if valid(schema, done.text) else "no"]
+            row.insert(1, str(out["llama.cpp"][-1].prompt_tokens))
             fast, slow = out["llama.cpp"][-1], out["transformers"][-1]
             row += ["yes" if fast.text == slow.text else "no",
                     *(f"{out[name][-1].duration_s / slow.duration_s:.2f}" for name in runs if name != "transformers")]
             rows.append(row)
         print(f"## {threads} thread{'s' if threads > 1 else ''}: llama.cpp (n_threads={threads}) vs transformers "
               f"(threads={threads})\n")
-        headers = ["case", "prompt chars"]
+        headers = ["case", "prompt tokens"]
         for name in runs:
             headers += [f"{name} s", "tokens", "valid"]
         headers += ["same output", *(f"{name} / transformers" for name in runs if name != "transformers")]

@@ -11,7 +11,7 @@
    exactly ``--tokens`` tokens in both modes (a long counting answer that no row finishes early),
    so the ratio is the cost of masking alone. A second table uses extraction prompts, where
    rows end at different steps, and compares time per decoding step.
-4. **Batched report runs** (target 4): ``run_report`` on the same 32 SNIPS prompts (one task,
+4. **Batched report runs** (target 4): ``run_report`` on the same 16 SNIPS prompts (one task,
    clean plus three perturbation families), batch 1 against batch 16, constrained, counting
    every generated token of every attempt.
 
@@ -21,6 +21,7 @@ Ratios come from one run of this script on one machine; ``--threads 0`` leaves t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -181,12 +182,13 @@ def ratio(threads: int | None, tokens: int) -> str:
 # -- 4. batched report runs ----------------------------------------------------------------------------
 
 
-def report_runs(threads: int | None, task_name: str = "AddToPlaylist") -> str:
+def report_runs(threads: int | None, cases: int = 4, task_name: str = "AddToPlaylist") -> str:
     from guardrail.report.run import run_report
     from guardrail.suite import Suite, load_suite
 
     suite = load_suite(ROOT / "examples" / "suites" / "snips.yaml")
     task = next(t for t in suite.tasks if t.name == task_name)
+    task = dataclasses.replace(task, cases=task.cases[:cases])
     one_task = Suite(name=f"snips-{task_name}", tasks=[task], description=suite.description)
     rows, rates = [], {}
     for batch in (1, 16):
@@ -194,7 +196,7 @@ def report_runs(threads: int | None, task_name: str = "AddToPlaylist") -> str:
         backend.prepare(task.schema)
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
-            run = run_report(one_task, out, llm=backend, chat=True, batch_size=batch, families=["typos", "case",
+            run = run_report(one_task, out_dir=out, llm=backend, chat=True, batch_size=batch, families=["typos", "case",
                              "distractor"], severities=[0.3], seeds=1, guard_options={"max_new_tokens": 96})
             wall = time.perf_counter() - started
             results = [json.loads(line) for line in (Path(out) / "results.jsonl").read_text().splitlines() if line]
@@ -204,8 +206,8 @@ def report_runs(threads: int | None, task_name: str = "AddToPlaylist") -> str:
                      f"{valid:.2f}"])
     rows[-1].append(f"**{rates[16] / rates[1]:.1f}x**")
     rows[0].append("")
-    return (f"`run_report` on SNIPS task {task_name}: 8 cases x (clean + typos, case, distractor at 0.3) = 32 "
-            "prompts, constrained, retries 2, 96 tokens per attempt.\n\n"
+    return (f"`run_report` on SNIPS task {task_name}: {cases} cases x (clean + typos, case, distractor at 0.3) = "
+            f"{cases * 4} prompts, constrained, retries 2, 96 tokens per attempt.\n\n"
             + table(["batch", "prompts", "model calls", "generated tokens", "wall s", "generated tokens/s",
                      "valid rate", "batched / one at a time"], rows))
 

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default=str(ROOT / "examples" / "suites" / "snips.yaml"))
     parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--limit", type=int, default=0,
+                        help="only N cases, taken round-robin over the intents (0: all)")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=8, help="prompts per batched call (a vote has N rows each)")
@@ -103,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         from guardrail.backends.local import LocalBackend
 
         suite = load_suite(args.suite)
+        if args.limit:
+            from guardrail.report.run import _limit
+
+            suite = _limit(suite, args.limit)
         backend = LocalBackend(threads=args.threads)
         backend.load()
         load = os.getloadavg()

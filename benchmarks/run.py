@@ -32,8 +32,8 @@ SECTIONS: dict[str, list[str]] = {
     "throughput": [PY, "benchmarks/bench_throughput.py"],
     "validity": [PY, "benchmarks/bench_validity.py", "--threads", "1", "--cases", "6", "--max-new-tokens", "128"],
     "llamacpp": [PY, "benchmarks/bench_llamacpp.py"],
-    "remote": [PY, "benchmarks/bench_remote.py"],
-    "vote": [PY, "benchmarks/bench_vote.py"],
+    "remote": [PY, "benchmarks/bench_remote.py", "--prompts", "4"],
+    "vote": [PY, "benchmarks/bench_vote.py", "--limit", "14"],
 }
 
 

@@ -57,6 +57,9 @@ def generate(
     schema: Annotated[str, typer.Option("--schema", "-s", help="A shipped schema name or a path to a .json file.")],
     model: Annotated[str, typer.Option(help="'embedded', a Hugging Face model id or a local path.")] = "embedded",
     engine: Annotated[str | None, typer.Option(help="llguidance, xgrammar or outlines_core (default: fastest).")] = None,
+    runtime: Annotated[str, typer.Option(
+        help="How the local model runs: transformers, or llamacpp (a GGUF file; faster on a CPU; "
+             "pip install 'guardrail[llamacpp]').")] = "transformers",
     retries: Annotated[int, typer.Option(help="Re-asks after the first attempt.")] = 2,
     max_new_tokens: Annotated[int, typer.Option(help="Token limit per attempt.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
@@ -73,7 +76,7 @@ def generate(
 
     try:
         where: dict[str, Any] = ({"base_url": base_url, "model": None if model == "embedded" else model}
-                                 if base_url else {"model": model, "engine": engine})
+                                 if base_url else {"model": model, "engine": engine, "runtime": runtime})
         guard: Guard[Any] = Guard(schema, retries=retries, max_new_tokens=max_new_tokens, temperature=temperature,
                                   **where)
         result = guard.run(_read_text(text))

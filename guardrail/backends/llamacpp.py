@@ -2,7 +2,7 @@
 
 ``LlamaCppBackend`` runs a GGUF model in this process through ``llama_cpp.Llama``: the embedded
 SmolLM2-135M-Instruct by default (read straight from its quantized GGUF file, nothing converted
-or cached), or any GGUF file on disk. On a CPU it answers one request about three times faster
+or cached), or any GGUF file on disk. On a CPU it answers one request two to three times faster
 than the transformers path (``guardrail.backends.local``): llama.cpp computes with the quantized
 weights and its own kernels, where transformers dequantizes to float32 and pays PyTorch's
 per-operator overhead at every token. See ``benchmarks/BENCHMARKS.md`` ("llama.cpp local
@@ -17,9 +17,12 @@ transformers path tries first, driven through its llama.cpp tokenizer adapter
 capped strings without newlines, closed objects) and the same one-line layout (``SEPARATORS``),
 so both runtimes allow exactly the same outputs. Alternatives considered:
 
-* llama.cpp's own GBNF grammars (``LlamaGrammar.from_json_schema``) are fast, but the converter
-  silently drops keywords it does not know (``format`` values beyond dates and times,
-  ``multipleOf``, ``exclusiveMinimum``...), and its samplers report no per-token probabilities;
+* llama.cpp's own GBNF grammars (``LlamaGrammar.from_json_schema``) are fast, but
+  llama-cpp-python 0.3.36's converter silently drops what it does not know: ``minimum``,
+  ``maximum``, ``multipleOf``, ``format`` other than dates, times and UUIDs (so ``email`` and
+  ``uri``), ``uniqueItems``, ``not``, ``maxLength`` beside a ``pattern`` (so the decoding
+  schema's capped no-newline strings), and it reads ``oneOf`` as ``anyOf``; its sampler chain
+  reports no per-token probabilities either;
 * ``outlines.from_llamacpp`` returns text only (no token counts, finish reason or logprobs),
   rebuilds its logits processor per call and samples through llama.cpp's sampler chain, whose
   defaults (top-k 40, min-p 0.05) would have to be undone.
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import atexit
 import codecs
-import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -92,8 +95,8 @@ class _LoadedLlama:
     end_tokens: frozenset[int] = frozenset()  # every end-of-generation token
     pieces: list[bytes] = field(default_factory=list)  # token id -> its bytes (special tokens: b"")
     tokenizer: Any = None  # llguidance's tokenizer, built on first constrained use (about 1 s)
-    # (digest of the decoding schema) -> an LLMatcher in its initial state, or the EngineRefused it raised
-    grammars: dict[str, Any] = field(default_factory=dict)
+    # (schema hash, string cap) -> an LLMatcher in its initial state, or the EngineRefused it raised
+    grammars: dict[tuple[str, int | None], Any] = field(default_factory=dict)
     compiles: int = 0
     # The KV-cache prefix snapshots: (threads, prompt prefix) -> the sequence state after it, most
     # recently used last; and the latest prompts, to spot a prefix worth a snapshot.
@@ -198,20 +201,20 @@ class LlamaCppBackend(Backend):
     ``n_gpu_layers``: layers to offload when llama-cpp-python was built with GPU support (default
     0: the CPU; for a GPU, the transformers path is the one guardrail tests).
     ``prefix_cache_mb``: memory for KV-cache snapshots of prompt prefixes (default 256 MB; 0
-    turns them off). A prefix that two prompts share (the system prompt, the schema, the few-shot
-    examples) is saved once seen twice, and later prompts that start with it only evaluate the
+    turns them off). Leading messages that two prompts share (the system prompt with the schema,
+    the few-shot examples) are saved, and later prompts that start with them only evaluate the
     rest: on a CPU the prompt is a large part of each request. Outputs are identical with or
-    without it (see ``_feed_prompt``). SmolLM2-135M takes about 15 KB per token of prefix; a 7B
-    model about 0.5 MB.
+    without snapshots (see ``_feed_prompt``). SmolLM2-135M takes about 15 KB per token of
+    prefix; a 7B model up to 0.5 MB.
 
     One prompt at a time (``batches`` is false): ``Guard.run_many`` sends its prompts as
     concurrent calls, which take turns on the model. The model loads on first use, once per
     process per (file, ``n_ctx``); each schema compiles once (``compile_count``). A
-    ``Generation``'s ``duration_s`` is the wall time of its own prompt, ``completion_tokens``
-    counts the end token, ``logprobs`` lists the output's tokens with their natural-log
-    probability under the constrained distribution (model distribution at temperature 1, after the
-    repetition penalty, restricted to what the grammar allows and renormalised), as
-    ``LocalBackend`` reports them.
+    ``Generation``'s ``duration_s`` is the wall time of its own prompt once it has the model (not
+    the wait behind other calls); ``completion_tokens`` counts the end token; ``logprobs`` lists
+    the output's tokens with their natural-log probability under the constrained distribution
+    (the model's at temperature 1, after the repetition penalty, restricted to what the grammar
+    allows and renormalised), as ``LocalBackend`` reports them.
     """
 
     batches = False
@@ -251,6 +254,8 @@ class LlamaCppBackend(Backend):
                 raise BackendError(f"no GGUF file at {self.path}", hint="the llama.cpp runtime takes 'embedded' or the path "
                                    "of a .gguf file; a Hugging Face model id needs runtime='transformers'")
         _import_llama_cpp()  # fail now, with the install hint, rather than at the first call
+        if importlib.util.find_spec("llguidance") is None:
+            raise BackendError("the llama.cpp runtime needs llguidance", hint=LLAMACPP_HINT)
 
     # -- loading and compiling ------------------------------------------------------------------
 
@@ -276,14 +281,14 @@ class LlamaCppBackend(Backend):
 
     def _grammar(self, loaded: _LoadedLlama, schema: Schema) -> Any:
         """The compiled grammar for ``schema`` (an LLMatcher to copy), or None: generate unconstrained."""
-        target = json.dumps(decoding_schema(schema.json_schema, string_cap=self.string_cap, forbid_newlines=True,
-                                            cap_patterns=True))
-        key = hashlib.blake2b(target.encode(), digest_size=16).hexdigest()
+        key = (schema.hash, self.string_cap)
         with loaded.lock:
             if key not in loaded.grammars:
                 loaded.compiles += 1
+                target = decoding_schema(schema.json_schema, string_cap=self.string_cap, forbid_newlines=True,
+                                         cap_patterns=True)
                 try:
-                    loaded.grammars[key] = _compile(loaded, target)
+                    loaded.grammars[key] = _compile(loaded, json.dumps(target))
                 except EngineRefused as exc:
                     loaded.grammars[key] = exc
                     warnings.warn(f"guardrail: llguidance cannot compile schema {schema.name!r} ({exc}); generating "
@@ -308,7 +313,6 @@ class LlamaCppBackend(Backend):
         import numpy as np
 
         llama_cpp = _import_llama_cpp()
-        started = time.perf_counter()
         tokens, cuts = self._tokens(loaded, prompt)
         room = self.n_ctx - len(tokens)
         if room < 1:
@@ -326,6 +330,7 @@ class LlamaCppBackend(Backend):
         chosen_logprobs: list[float] = []
         finish = "length"
         with loaded.lock:  # one generation at a time per model
+            started = time.perf_counter()
             threads = self._set_threads(llama_cpp, llama)
             self._feed_prompt(llama_cpp, loaded, tokens, cuts, threads)
             for step in range(budget):
@@ -526,11 +531,12 @@ def _compile(loaded: _LoadedLlama, schema_json: str) -> Any:
     """An llguidance matcher for ``schema_json`` over the model's vocabulary; EngineRefused if it cannot."""
     try:
         from llguidance import LLMatcher
+        from llguidance.llamacpp import lltokenizer_from_vocab
     except ImportError as exc:
-        raise BackendError(f"the llama.cpp runtime needs llguidance ({exc})", hint=LLAMACPP_HINT) from exc
+        raise BackendError(f"the llama.cpp runtime needs llguidance with llama.cpp support ({exc})",
+                           hint=LLAMACPP_HINT) from exc
     if loaded.tokenizer is None:
         import llama_cpp
-        from llguidance.llamacpp import lltokenizer_from_vocab
 
         vocab = llama_cpp.llama_model_get_vocab(loaded.llama.model)
         with warnings.catch_warnings():  # it calls llama_token_get_attr, deprecated: two warnings per token

@@ -106,6 +106,9 @@ def report(
     samples: Annotated[int, typer.Option(min=1, help="Samples per prompt with --strategy vote.")] = 5,
     temperature: Annotated[float | None, typer.Option(
         min=0.0, help="Sampling temperature for --strategy sample or vote (default 0.7; seed 0).")] = None,
+    runtime: Annotated[str, typer.Option(
+        help="How the local model runs: transformers (batched), or llamacpp (a GGUF file, one prompt at a "
+             "time; pip install 'guardrail[llamacpp]').")] = "transformers",
 ) -> None:
     """Score how robust extraction stays under noisy prompts; write report.json, .md and .html.
 
@@ -141,7 +144,8 @@ def report(
                                 batch_size, limit or None, progress, fail_under=fail_under, llm=function, chat=chat,
                                 guard_options={"max_new_tokens": max_new_tokens,
                                                "max_new_tokens_cap": max_new_tokens},
-                                backend_options={"base_url": base_url, "structured": structured} if base_url else None,
+                                backend_options={"base_url": base_url, "structured": structured} if base_url
+                                else {"runtime": runtime} if runtime != "transformers" else None,
                                 concurrency=concurrency, strategy=strategy.strip().lower(), samples=samples,
                                 temperature=temperature)
         except (GuardrailError, ValueError, OSError) as exc:
