@@ -9,13 +9,15 @@ backend first loads, compiles both schemas and answers one short request per sch
 then every prompt is timed once on each backend in turn, so all see the same load.
 
 The prompts alternate between the two tasks. llama.cpp keeps a KV-cache snapshot of each task's
-shared prefix (instruction and examples), so it evaluates only each case's own text; the "no
-snapshots" run (``prefix_cache_mb=0``) evaluates every prompt in full, as transformers does.
-Latency is the whole request (prompt and output); tokens/s divides output tokens by it.
+shared prefix (instruction and examples), so it evaluates only each case's own text; with
+``--cold``, a "no snapshots" run (``prefix_cache_mb=0``) evaluates every prompt in full, as
+transformers does. Latency is the whole request (prompt and output); tokens/s divides output
+tokens by it.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_llamacpp.py                  # 1 thread each
+    .venv/bin/python benchmarks/bench_llamacpp.py                  # 1 thread each (about 100 s)
+    .venv/bin/python benchmarks/bench_llamacpp.py --cold           # also llama.cpp without snapshots
     .venv/bin/python benchmarks/bench_llamacpp.py --threads 1,2    # also 2 threads each
 
 Timings on a shared CPU are noisy: the load average is printed before and after; compare
@@ -69,8 +71,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1", help="comma-separated thread counts, each run on both runtimes")
     parser.add_argument("--per-task", type=int, default=4, help="cases per task (2 tasks)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--skip-cold", action="store_true",
-                        help="skip the llama.cpp run without prefix snapshots (prefix_cache_mb=0)")
+    parser.add_argument("--cold", action="store_true",
+                        help="also run llama.cpp without prefix snapshots (prefix_cache_mb=0): about 40 s more")
     args = parser.parse_args()
 
     from guardrail.backends.llamacpp import LlamaCppBackend
@@ -79,12 +81,12 @@ def main() -> None:
     items = prompts(args.per_task)
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
-    print(f"# bench_llamacpp: {len(items)} prompts, greedy, constrained, max_new_tokens={args.max_new_tokens}, "
+    print(f"{len(items)} prompts, greedy, constrained, max_new_tokens={args.max_new_tokens}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}\n")
     summary = []
     for threads in [int(t) for t in args.threads.split(",") if t]:
         runs: dict[str, Any] = {"llama.cpp": LlamaCppBackend(n_threads=threads)}
-        if not args.skip_cold:
+        if args.cold:
             runs["llama.cpp, no snapshots"] = LlamaCppBackend(n_threads=threads, prefix_cache_mb=0)
         runs["transformers"] = LocalBackend(threads=threads)
         for backend in runs.values():
@@ -104,7 +106,7 @@ def main() -> None:
             row += ["yes" if fast.text == slow.text else "no",
                     *(f"{out[name][-1].duration_s / slow.duration_s:.2f}" for name in runs if name != "transformers")]
             rows.append(row)
-        print(f"## {threads} thread{'s' if threads > 1 else ''}: llama.cpp (n_threads={threads}) vs transformers "
+        print(f"### {threads} thread{'s' if threads > 1 else ''}: llama.cpp (n_threads={threads}) vs transformers "
               f"(threads={threads})\n")
         headers = ["case", "prompt tokens"]
         for name in runs:
@@ -127,7 +129,7 @@ def main() -> None:
                 f"{sum(g.text == t.text for g, t in zip(out[name], out['transformers'], strict=True))} of {len(items)}",
             ])
         print(f"load average after {threads} thread(s): {os.getloadavg()[0]:.2f}\n", flush=True)
-    print("## Summary (ratios: against transformers at the same thread count)\n")
+    print("### Summary (ratios: against transformers at the same thread count)\n")
     print(table(["threads", "runtime", "median latency s", "latency ratio", "tokens/s", "tokens/s ratio",
                  "ms per output token", "schema-valid", "same output as transformers"], summary))
     print(f"\n{time.perf_counter() - started:.0f} s in all; load average at the end {os.getloadavg()[0]:.2f}")

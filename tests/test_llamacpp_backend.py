@@ -92,15 +92,16 @@ def test_prefix_snapshots_do_not_change_outputs(backend) -> None:  # type: ignor
     schema = Schema.load("contact")
     texts = ["Ada Lovelace, ada@example.com", "Grace Hopper, grace@navy.mil, +1 555 0100"]
     prompts = [[*instructions(schema.json_schema), {"role": "user", "content": text}] for text in texts]
-    sampling = Sampling(temperature=1.0, seed=3, max_new_tokens=24)  # sampling: sensitive to any change
+    sampling = Sampling(temperature=1.0, seed=3, max_new_tokens=16)  # sampling: sensitive to any change
     cold = LlamaCppBackend(n_threads=THREADS, prefix_cache_mb=0)
     expected = [cold.generate([p], schema, sampling)[0] for p in prompts]
     hits = backend.prefix_hits
-    for _ in range(2):
-        for prompt, reference in zip(prompts, expected, strict=True):
-            [got] = backend.generate([prompt], schema, sampling)
-            assert (got.text, got.logprobs) == (reference.text, reference.logprobs)
-    assert backend.prefix_hits - hits >= 2  # at least the second round started from the snapshot
+    # The second prompt shares the system message with the first, so it is saved; the third
+    # call starts from it.
+    for index in (0, 1, 0):
+        [got] = backend.generate([prompts[index]], schema, sampling)
+        assert (got.text, got.logprobs) == (expected[index].text, expected[index].logprobs)
+    assert backend.prefix_hits > hits
 
 
 def test_seeded_sampling_is_reproducible(backend) -> None:  # type: ignore[no-untyped-def]
@@ -108,11 +109,11 @@ def test_seeded_sampling_is_reproducible(backend) -> None:  # type: ignore[no-un
     text = "Reach Omar Haddad at omar@haddad.dev"
 
     def draw(seed: int) -> str:
-        sampling = Sampling(temperature=1.2, top_p=0.95, top_k=50, seed=seed, max_new_tokens=24)
+        sampling = Sampling(temperature=1.2, top_p=0.95, top_k=50, seed=seed, max_new_tokens=16)
         return backend.generate([text], schema, sampling)[0].text
 
     assert draw(7) == draw(7)
-    assert len({draw(seed) for seed in (1, 2, 3)}) > 1  # the seed is what varies the draw
+    assert len({draw(seed) for seed in (1, 2)}) > 1  # the seed is what varies the draw
 
 
 def test_unconstrained_generation_runs(backend) -> None:  # type: ignore[no-untyped-def]
@@ -135,7 +136,7 @@ class Person(BaseModel):
 
 
 def test_rule_decoding_cannot_enforce_triggers_a_reask() -> None:
-    guard = Guard(Person, runtime="llamacpp", n_threads=THREADS, retries=2, max_new_tokens=48)
+    guard = Guard(Person, runtime="llamacpp", n_threads=THREADS, retries=1, max_new_tokens=48)
     try:
         attempts = guard.run("Ada Lovelace lives in London.").attempts
     except GuardError as error:
@@ -158,7 +159,7 @@ def test_missing_gguf_path_is_a_clear_error(tmp_path) -> None:  # type: ignore[n
     assert "nowhere.gguf" in str(caught.value) and "runtime='transformers'" in str(caught.value)
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_bytes(b"not a model")
-    with pytest.raises(BackendError, match="llama.cpp could not load"):
+    with pytest.raises(BackendError, match=r"llama\.cpp could not load"):
         Guard("contact", model=str(not_gguf), runtime="llamacpp")
 
 
