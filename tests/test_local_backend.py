@@ -246,6 +246,25 @@ def test_batch_of_three_matches_one_by_one(backend: LocalBackend, person: Schema
 
 @pytest.mark.slow
 @needs_model
+def test_shared_prefix_changes_no_output(backend: LocalBackend, person: Schema) -> None:
+    """The instructions are prefilled once and reused; every row decodes as with plain padding."""
+    texts = ["Ada Lovelace is 36 years old.", "Bob, aged 7.", "The winner, Carmen Diaz (age 41), smiled."]
+    prompts = [person_prompt(t) for t in texts]
+    cache = backend.load().prefixes()
+    shared = backend.generate(prompts, person, Sampling(max_new_tokens=24))
+    assert any(len(prefix) >= 32 for prefix in cache._entries)  # the batch's common prefix is stored
+    hits = cache.hits
+    [single] = backend.generate(prompts[2:], person, Sampling(max_new_tokens=24))
+    assert cache.hits == hits + 1  # a later call, even of one row, reuses it
+    plain = LocalBackend(threads=THREADS, share_prefix=False, grammar_cache=False)
+    expected = plain.generate(prompts, person, Sampling(max_new_tokens=24))
+    assert [o.text for o in shared] == [o.text for o in expected]
+    assert [o.prompt_tokens for o in shared] == [o.prompt_tokens for o in expected]
+    assert single.text == expected[2].text
+
+
+@pytest.mark.slow
+@needs_model
 def test_small_budget_finishes_with_length(backend: LocalBackend, person: Schema) -> None:
     [out] = backend.generate([person_prompt("Ada Lovelace is 36 years old.")], person, Sampling(max_new_tokens=4))
     assert out.finish_reason == "length"

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardrail.backends.base import Backend, Generation, Prompt, Sampling
+from guardrail.backends.prefix_cache import PrefixCache
 from guardrail.errors import BackendError
 
 if TYPE_CHECKING:
@@ -532,6 +533,13 @@ class _LoadedModel:
     compiles: int = 0
     disk_loads: int = 0  # grammars read from the on-disk cache instead of compiled
     _fingerprint: str | None = None
+    _prefixes: PrefixCache | None = None
+
+    def prefixes(self) -> PrefixCache:
+        """Key/value states of recent prompt prefixes (built on first use)."""
+        if self._prefixes is None:
+            self._prefixes = PrefixCache(self.model)
+        return self._prefixes
 
     def tokenizer_fingerprint(self) -> str:
         """A digest of the vocabulary and special tokens: compiled grammars depend on nothing else."""
@@ -645,7 +653,9 @@ class LocalBackend(Backend):
     ``threads=1`` can be several times faster: torch's threads spin waiting for each other.
     ``grammar_cache``: where xgrammar and outlines_core grammars are kept between processes
     (default ``cache_root()/grammars``; ``False``: compile in every process). See
-    ``guardrail.backends.grammar_cache``.
+    ``guardrail.backends.grammar_cache``. ``share_prefix``: prefill the prompts' common prefix
+    (the guard's instructions) once per batch and keep it for later calls (default ``True``; see
+    ``guardrail.backends.prefix_cache``).
 
     The model loads on first use, once per process per (model, device); each schema is compiled
     once per engine, so a warm call compiles nothing (``compile_count`` says how many compilations
@@ -666,7 +676,8 @@ class LocalBackend(Backend):
 
     def __init__(self, model: str | None = None, *, engine: str | None = None, device: str | None = None,
                  string_cap: int | None = DEFAULT_STRING_CAP, threads: int | None = None,
-                 grammar_cache: bool | str | os.PathLike[str] = True) -> None:
+                 grammar_cache: bool | str | os.PathLike[str] = True, share_prefix: bool = True) -> None:
+        self.share_prefix = share_prefix
         self.model_name = "embedded" if model in (None, "embedded") else str(model)
         if grammar_cache is True:
             from guardrail.backends.embedded import cache_root
@@ -811,8 +822,7 @@ class LocalBackend(Backend):
         config = self._generation_config(model, tokenizer, sampling)
         eos_ids = _eos_ids(config, tokenizer)
         with loaded.lock:  # one generation at a time per model: torch would share the cores anyway
-            encoded = tokenizer(list(texts), return_tensors="pt", padding=True,
-                                add_special_tokens=not all(templated)).to(model.device)
+            encoded = self._encode(loaded, prompts, texts, not all(templated))
             recorder = _TokenLogprobs()
             processors = LogitsProcessorList([recorder])
             if compiled.engine is not None:
@@ -839,6 +849,27 @@ class LocalBackend(Backend):
                 logprobs=_token_logprobs(tokenizer, kept, chosen[row], text),
             ))
         return results
+
+    def _encode(self, loaded: _LoadedModel, prompts: Sequence[Prompt], texts: Sequence[str],
+                special: bool) -> dict[str, Any]:
+        """``generate`` inputs: left-padded rows, or a shared prefix's cache plus each row's rest."""
+        tokenizer = loaded.tokenizer
+        if not self.share_prefix:
+            return dict(tokenizer(list(texts), return_tensors="pt", padding=True,
+                                  add_special_tokens=special).to(loaded.model.device))
+        rows = [tokenizer(text, add_special_tokens=special)["input_ids"] for text in texts]
+        boundaries = [self._instructions_end(tokenizer, p, row, special) for p, row in zip(prompts, rows, strict=True)] \
+            if len(rows) == 1 else [0] * len(rows)
+        return loaded.prefixes().inputs(rows, boundaries, tokenizer.pad_token_id)
+
+    @staticmethod
+    def _instructions_end(tokenizer: Any, prompt: Prompt, row: list[int], special: bool) -> int:
+        """How many of ``row``'s tokens render the messages before the last one (0 if they don't line up)."""
+        if isinstance(prompt, str) or len(prompt) < 2 or not getattr(tokenizer, "chat_template", None):
+            return 0
+        head = tokenizer.apply_chat_template(list(prompt)[:-1], tokenize=False, add_generation_prompt=False)
+        ids = tokenizer(head, add_special_tokens=special)["input_ids"]
+        return len(ids) if row[: len(ids)] == ids else 0
 
     @staticmethod
     def _render(tokenizer: Any, prompt: Prompt) -> tuple[str, bool]:
