@@ -27,13 +27,13 @@ PY = sys.executable
 
 #: name -> command line, in the order they run.
 SECTIONS: dict[str, list[str]] = {
-    "load": [PY, "benchmarks/bench_local.py"],
+    "load": [PY, "benchmarks/bench_local.py", "--engines", "llguidance,xgrammar"],
     "engines": [PY, "benchmarks/bench_engines.py", "--bound", "3", "--slow-every", "10"],
     "throughput": [PY, "benchmarks/bench_throughput.py"],
-    "validity": [PY, "benchmarks/bench_validity.py", "--threads", "1", "--cases", "6", "--max-new-tokens", "128"],
+    "validity": [PY, "benchmarks/bench_validity.py", "--threads", "1", "--cases", "4", "--max-new-tokens", "128"],
     "llamacpp": [PY, "benchmarks/bench_llamacpp.py"],
-    "remote": [PY, "benchmarks/bench_remote.py", "--prompts", "4"],
-    "vote": [PY, "benchmarks/bench_vote.py", "--limit", "14"],
+    "remote": [PY, "benchmarks/bench_remote.py", "--prompts", "3"],
+    "vote": [PY, "benchmarks/bench_vote.py", "--limit", "6"],
 }
 
 
