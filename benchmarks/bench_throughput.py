@@ -220,7 +220,7 @@ def prefix(threads: int | None, tokens: int = 32, task_name: str = "AddToPlaylis
 # -- 5. batched report runs ----------------------------------------------------------------------------
 
 
-def report_runs(threads: int | None, cases: int = 4, task_name: str = "AddToPlaylist",
+def report_runs(threads: int | None, cases: int = 3, task_name: str = "AddToPlaylist",
                 tokens: int = 64, retries: int = 1) -> str:
     from guardrail.report.run import run_report
     from guardrail.suite import Suite, load_suite
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--tokens", type=int, default=48, help="tokens per row in the ratio runs")
     parser.add_argument("--only", default="overhead,disk,ratio,prefix,report")
-    parser.add_argument("--schema", default="support_ticket", help="schema of the grammar-cache runs")
+    parser.add_argument("--schema", default="calendar_event", help="schema of the grammar-cache runs")
     args = parser.parse_args(argv)
     threads = args.threads or None
     import torch

@@ -28,12 +28,12 @@ PY = sys.executable
 #: name -> command line, in the order they run.
 SECTIONS: dict[str, list[str]] = {
     "load": [PY, "benchmarks/bench_local.py", "--engines", "llguidance,xgrammar"],
-    "engines": [PY, "benchmarks/bench_engines.py", "--bound", "3", "--slow-every", "10"],
+    "engines": [PY, "benchmarks/bench_engines.py", "--bound", "3", "--slow-every", "15"],
     "throughput": [PY, "benchmarks/bench_throughput.py"],
-    "validity": [PY, "benchmarks/bench_validity.py", "--threads", "1", "--cases", "4", "--max-new-tokens", "128"],
-    "llamacpp": [PY, "benchmarks/bench_llamacpp.py"],
+    "validity": [PY, "benchmarks/bench_validity.py", "--threads", "1", "--cases", "3", "--max-new-tokens", "128"],
+    "llamacpp": [PY, "benchmarks/bench_llamacpp.py", "--per-task", "3"],
     "remote": [PY, "benchmarks/bench_remote.py", "--prompts", "3"],
-    "vote": [PY, "benchmarks/bench_vote.py", "--limit", "6"],
+    "vote": [PY, "benchmarks/bench_vote.py", "--limit", "4"],
 }
 
 
