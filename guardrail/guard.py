@@ -21,6 +21,7 @@ from tenacity import DoAttempt, DoSleep, RetryCallState
 
 from guardrail import confidence, feedback, validation, voting
 from guardrail.backends import Backend, Generation, Prompt, Sampling, resolve
+from guardrail.backends.loops import RETRY_PENALTY
 from guardrail.errors import GuardError
 from guardrail.leaves import schema_leaves
 from guardrail.result import Attempt, Ending, Issue, Result
@@ -275,7 +276,8 @@ class _Episode:
             return
         failure = InvalidOutput(checked.issues)
         self.state.set_exception((InvalidOutput, failure, None))
-        self._decide(failure, output=attempt.output, issues=checked.issues, truncated=attempt.ended == "truncated")
+        self._decide(failure, output=attempt.output, issues=checked.issues, truncated=attempt.ended == "truncated",
+                     looped=attempt.finish_reason == "repetition")
 
     def _judge(self, outcome: Generation | BaseException, duration_s: float,
                sample: int | None = None) -> tuple[Attempt, validation.Validation | None]:
@@ -344,10 +346,11 @@ class _Episode:
         round_.extracted, round_.finish_reason = attempt.extracted, attempt.finish_reason
         failure = InvalidOutput(checked.issues)
         self.state.set_exception((InvalidOutput, failure, None))
-        self._decide(failure, output=attempt.output, issues=checked.issues, truncated=attempt.ended == "truncated")
+        self._decide(failure, output=attempt.output, issues=checked.issues, truncated=attempt.ended == "truncated",
+                     looped=attempt.finish_reason == "repetition")
 
     def _decide(self, failure: BaseException, *, output: str | None = None, issues: Sequence[Issue] = (),
-                truncated: bool = False) -> None:
+                truncated: bool = False, looped: bool = False) -> None:
         over_budget = self._over_budget()
         if over_budget:
             self._give_up(f"stopped: {over_budget}", failure)
@@ -372,11 +375,14 @@ class _Episode:
         self.state.prepare_for_next_attempt()
         self.request = feedback.reask(self.request, output, issues, self.guard.reask_template,
                                       error=None if output is not None else str(failure))
-        self.sampling = self._next_sampling(truncated)
+        self.sampling = self._next_sampling(truncated, looped)
 
-    def _next_sampling(self, truncated: bool) -> Sampling:
+    def _next_sampling(self, truncated: bool, looped: bool) -> Sampling:
         sampling = self.sampling
-        if truncated:
+        if looped:  # a bigger budget would buy more of the same loop: penalise repeats instead
+            if (sampling.repetition_penalty or 1.0) < RETRY_PENALTY:
+                sampling = sampling.but(repetition_penalty=RETRY_PENALTY)
+        elif truncated:
             sampling = sampling.but(max_new_tokens=min(sampling.max_new_tokens * 2, self.guard.max_new_tokens_cap))
         hotter = self.guard.reask_temperature
         if hotter is not None and sampling.temperature < hotter:

@@ -48,7 +48,8 @@ class Generation:
     """What one prompt produced.
 
     ``finish_reason`` is ``"stop"`` when the model ended on its own, ``"length"`` when it hit
-    ``max_new_tokens``, or ``None`` when the backend cannot tell. ``logprobs``, when the backend
+    ``max_new_tokens``, ``"repetition"`` when the local backend stopped it for repeating itself
+    (``guardrail.backends.loops``), or ``None`` when the backend cannot tell. ``logprobs``, when the backend
     knows them, lists the output's tokens in order as ``(token text, natural-log probability of
     that token)``; the token texts join to ``text``. The local backend gives the probability under
     the model's distribution at temperature 1 restricted to what the grammar allows (so greedy and

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.backends.base import Backend, Generation, Prompt, Sampling
 from guardrail.backends.local import DEFAULT_STRING_CAP, SEPARATORS, EngineRefused, decoding_schema
+from guardrail.backends.loops import ends_in_loop
 from guardrail.errors import BackendError
 
 if TYPE_CHECKING:
@@ -205,7 +206,8 @@ class LlamaCppBackend(Backend):
     the few-shot examples) are saved, and later prompts that start with them only evaluate the
     rest: on a CPU the prompt is a large part of each request. Outputs are identical with or
     without snapshots (see ``_feed_prompt``). SmolLM2-135M takes about 15 KB per token of
-    prefix; a 7B model up to 0.5 MB.
+    prefix; a 7B model up to 0.5 MB. ``stop_loops``: end an output that repeats one unit over and
+    over, with ``finish_reason="repetition"`` (see ``guardrail.backends.loops``; default ``True``).
 
     One prompt at a time (``batches`` is false): ``Guard.run_many`` sends its prompts as
     concurrent calls, which take turns on the model. The model loads on first use, once per
@@ -222,7 +224,9 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, n_threads: int | None = None,
                  threads: int | None = None, n_ctx: int = 2048, string_cap: int | None = DEFAULT_STRING_CAP,
-                 engine: str | None = None, n_gpu_layers: int = 0, prefix_cache_mb: float = 256) -> None:
+                 engine: str | None = None, n_gpu_layers: int = 0, prefix_cache_mb: float = 256,
+                 stop_loops: bool = True) -> None:
+        self.stop_loops = stop_loops
         if threads is not None and n_threads is not None and threads != n_threads:
             raise ValueError(f"give n_threads or threads, not both ({n_threads} and {threads})")
         n_threads = n_threads if n_threads is not None else threads
@@ -361,6 +365,9 @@ class LlamaCppBackend(Backend):
                     break
                 if penalty is not None:
                     seen.add(token)
+                if self.stop_loops and ends_in_loop(out):
+                    finish = "repetition"
+                    break
                 if step + 1 < budget:
                     llama.eval([token])
         kept = out[:-1] if finish == "stop" else out

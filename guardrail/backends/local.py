@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardrail.backends.base import Backend, Generation, Prompt, Sampling
+from guardrail.backends.loops import LoopStop
 from guardrail.backends.prefix_cache import PrefixCache
 from guardrail.errors import BackendError
 
@@ -655,7 +656,9 @@ class LocalBackend(Backend):
     (default ``cache_root()/grammars``; ``False``: compile in every process). See
     ``guardrail.backends.grammar_cache``. ``share_prefix``: prefill the prompts' common prefix
     (the guard's instructions) once per batch and keep it for later calls (default ``True``; see
-    ``guardrail.backends.prefix_cache``).
+    ``guardrail.backends.prefix_cache``). ``stop_loops``: end a row whose newest tokens repeat one
+    unit over and over, with ``finish_reason="repetition"`` (default ``True``; see
+    ``guardrail.backends.loops``).
 
     The model loads on first use, once per process per (model, device); each schema is compiled
     once per engine, so a warm call compiles nothing (``compile_count`` says how many compilations
@@ -676,8 +679,10 @@ class LocalBackend(Backend):
 
     def __init__(self, model: str | None = None, *, engine: str | None = None, device: str | None = None,
                  string_cap: int | None = DEFAULT_STRING_CAP, threads: int | None = None,
-                 grammar_cache: bool | str | os.PathLike[str] = True, share_prefix: bool = True) -> None:
+                 grammar_cache: bool | str | os.PathLike[str] = True, share_prefix: bool = True,
+                 stop_loops: bool = True) -> None:
         self.share_prefix = share_prefix
+        self.stop_loops = stop_loops
         self.model_name = "embedded" if model in (None, "embedded") else str(model)
         if grammar_cache is True:
             from guardrail.backends.embedded import cache_root
@@ -815,7 +820,7 @@ class LocalBackend(Backend):
         started = time.perf_counter()
         compiled = self._compiled(loaded, schema) if sampling.constrained else _Compiled(None)
         import torch
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         tokenizer, model = loaded.tokenizer, loaded.model
         texts, templated = zip(*(self._render(tokenizer, p) for p in prompts), strict=True)
@@ -828,23 +833,31 @@ class LocalBackend(Backend):
             if compiled.engine is not None:
                 mask = _GrammarMask(loaded.engine(compiled.engine), compiled.grammar, eos_ids)
                 processors = LogitsProcessorList([mask, recorder])  # the recorder sees masked scores
+            prompt_width = encoded["input_ids"].shape[1]
+            loops = LoopStop(prompt_width)
+            stopping = StoppingCriteriaList([loops] if self.stop_loops else [])
             with torch.inference_mode(), _threads(self.threads), \
                     _seeded(sampling.seed if config.do_sample else None, model.device):
-                output = model.generate(**encoded, generation_config=config, logits_processor=processors)
+                output = model.generate(**encoded, generation_config=config, logits_processor=processors,
+                                        stopping_criteria=stopping)
                 chosen = recorder.finish(output)
         elapsed = time.perf_counter() - started
-        prompt_width = encoded["input_ids"].shape[1]
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         results = []
         for row, new_tokens in enumerate(output[:, prompt_width:].tolist()):
             end = next((i for i, token in enumerate(new_tokens) if token in eos_ids), None)
             kept = new_tokens if end is None else new_tokens[:end]
+            count = len(new_tokens) if end is None else end + 1
+            finish = "length" if end is None else "stop"
+            if row in loops.stopped:  # what follows the stop is transformers' padding
+                count = loops.stopped[row]
+                kept, finish = new_tokens[:count], "repetition"
             text = tokenizer.decode(kept, skip_special_tokens=True)
             results.append(Generation(
                 text=text,
                 prompt_tokens=int(prompt_lengths[row]),
-                completion_tokens=len(new_tokens) if end is None else end + 1,
-                finish_reason="length" if end is None else "stop",
+                completion_tokens=count,
+                finish_reason=finish,
                 duration_s=elapsed,
                 logprobs=_token_logprobs(tokenizer, kept, chosen[row], text),
             ))
