@@ -44,7 +44,7 @@ def test_loop_stop_reports_rows_and_where_they_stopped() -> None:
     prompt = [100, 101, 102]
     looping = prompt + [11, 12, 13, 14, 15, 16, 17, 18] * 4
     fine = prompt + list(range(32))
-    stop = LoopStop(prompt_width=3)
+    stop = LoopStop(prompt_width=3, end_ids=[2])
     done = stop(torch.tensor([looping, fine]), None)
     assert done.tolist() == [True, False]
     assert stop.stopped == {0: 32}
@@ -52,6 +52,18 @@ def test_loop_stop_reports_rows_and_where_they_stopped() -> None:
     done = stop(torch.tensor([[*looping, 0], [*fine, 5]]), None)
     assert done.tolist() == [True, False]
     assert stop.stopped == {0: 32}
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
+def test_padding_after_an_end_token_is_not_a_loop() -> None:
+    import torch
+
+    stop = LoopStop(prompt_width=0, end_ids=[2])
+    rows = [[5, 6, 7], [5, 6, 8]]
+    for step in range(40):  # row 0 ends at once; transformers then pads it with the end token
+        stop(torch.tensor(rows), None)
+        rows = [[*rows[0], 2], [*rows[1], 10 + step]]
+    assert stop.stopped == {}
 
 
 class RecordingBackend(Backend):

@@ -834,7 +834,7 @@ class LocalBackend(Backend):
                 mask = _GrammarMask(loaded.engine(compiled.engine), compiled.grammar, eos_ids)
                 processors = LogitsProcessorList([mask, recorder])  # the recorder sees masked scores
             prompt_width = encoded["input_ids"].shape[1]
-            loops = LoopStop(prompt_width)
+            loops = LoopStop(prompt_width, eos_ids)
             stopping = StoppingCriteriaList([loops] if self.stop_loops else [])
             with torch.inference_mode(), _threads(self.threads), \
                     _seeded(sampling.seed if config.do_sample else None, model.device):
@@ -849,7 +849,7 @@ class LocalBackend(Backend):
             kept = new_tokens if end is None else new_tokens[:end]
             count = len(new_tokens) if end is None else end + 1
             finish = "length" if end is None else "stop"
-            if row in loops.stopped:  # what follows the stop is transformers' padding
+            if row in loops.stopped and (end is None or end >= loops.stopped[row]):  # padding follows
                 count = loops.stopped[row]
                 kept, finish = new_tokens[:count], "repetition"
             text = tokenizer.decode(kept, skip_special_tokens=True)

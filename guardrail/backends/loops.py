@@ -14,7 +14,7 @@ The cost is that a genuine answer with one item repeated that often (``[0, 0, 0,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 MIN_UNIT, MAX_UNIT = 2, 32
@@ -49,21 +49,25 @@ class LoopStop:
     """A transformers stopping criterion: True for the rows whose new tokens end in a loop.
 
     ``stopped`` maps a row to how many new tokens it had when it was stopped (the padding
-    transformers appends afterwards is not the model's).
+    transformers appends afterwards is not the model's). A row that has produced an end token is
+    finished already: the padding after it repeats one token, and is not a loop.
     """
 
-    def __init__(self, prompt_width: int) -> None:
+    def __init__(self, prompt_width: int, end_ids: Iterable[int]) -> None:
         self.prompt_width = prompt_width
+        self.end_ids = frozenset(end_ids)
         self.stopped: dict[int, int] = {}
+        self._ended: set[int] = set()
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        rows = input_ids[:, self.prompt_width:].tolist()
         done = []
-        for row, tokens in enumerate(rows):
-            hit = row in self.stopped or ends_in_loop(tokens)
-            if hit and row not in self.stopped:
-                self.stopped[row] = len(tokens)
-            done.append(hit)
+        for row, tokens in enumerate(input_ids[:, self.prompt_width:].tolist()):
+            if row not in self.stopped and row not in self._ended:
+                if tokens and tokens[-1] in self.end_ids:
+                    self._ended.add(row)
+                elif ends_in_loop(tokens):
+                    self.stopped[row] = len(tokens)
+            done.append(row in self.stopped)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
