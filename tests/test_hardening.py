@@ -404,3 +404,36 @@ def test_common_formats_are_checked_without_optional_packages(fmt: str, good: li
 def test_numbers_python_cannot_hold_are_clear_json_issues(text: str) -> None:
     result = validate(Schema.load({"properties": {"n": {"type": "number", "multipleOf": 0.1}}}), text)
     assert [i.keyword for i in result.issues] == ["json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 7: nothing in the package evaluates text or unpickles files
+
+
+def test_the_package_never_evaluates_text_or_unpickles() -> None:
+    """``eval``/``exec``/``compile`` of strings, ``pickle``/``marshal``/``shelve`` and ``torch.load``
+    would turn a swapped cache file or a hostile suite into code; none of them appears."""
+    import ast
+
+    forbidden_calls = {"eval", "exec", "compile", "__import__"}
+    forbidden_modules = {"pickle", "cPickle", "marshal", "shelve", "dill", "joblib"}
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "guardrail").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in forbidden_calls:
+                found.append(f"{path.name}:{node.lineno} {node.func.id}()")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in {"torch", "pickle", "yaml"}:
+                loader = next((k.value for k in node.keywords if k.arg == "Loader"), None)
+                if not (isinstance(loader, ast.Name) and loader.id == "_Loader"):  # the suite's safe loader
+                    found.append(f"{path.name}:{node.lineno} {node.func.value.id}.load()")
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                found += [f"{path.name}:{node.lineno} import {n}" for n in names if n.split(".")[0] in forbidden_modules]
+    assert found == []
+    import yaml
+
+    from guardrail.suite import _Loader
+
+    assert issubclass(_Loader, yaml.SafeLoader)
