@@ -34,6 +34,7 @@ class PrefixCache:
         self.min_tokens = min_tokens
         self._entries: OrderedDict[tuple[int, ...], list[tuple[Any, Any]]] = OrderedDict()
         self._lock = threading.Lock()
+        self.supported = True  # False once the model's cache turns out not to be plain key/value states
         self.prefills = 0  # prefixes computed (a miss)
         self.hits = 0  # batches that reused a stored prefix
         self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -52,9 +53,11 @@ class PrefixCache:
             length = min(length, min(len(r) for r in rows) - 1)
             if length >= self.min_tokens:
                 shared = tuple(rows[0][:length])
-        if shared is None:
+        if shared is None or not self.supported:
             return _left_padded(rows, pad_id, self.model.device)
         states = self._states(shared)
+        if states is None:
+            return _left_padded(rows, pad_id, self.model.device)
         return self._with_prefix(rows, shared, states, pad_id)
 
     def _reusable(self, rows: Sequence[Sequence[int]]) -> tuple[int, ...] | None:
@@ -67,7 +70,7 @@ class PrefixCache:
                     return prefix
         return None
 
-    def _states(self, prefix: tuple[int, ...]) -> list[tuple[Any, Any]]:
+    def _states(self, prefix: tuple[int, ...]) -> list[tuple[Any, Any]] | None:
         with self._lock:
             found = self._entries.get(prefix)
         if found is not None:
@@ -77,8 +80,11 @@ class PrefixCache:
         ids = torch.tensor([prefix], device=self.model.device)
         with torch.inference_mode():
             out = self.model(input_ids=ids, use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         states = _layer_states(cache)
+        if states is None:  # sliding windows, recurrent state...: this model decodes without the cache
+            self.supported = False
+            return None
         with self._lock:
             self._entries[prefix] = states
             self.prefills += 1
@@ -116,12 +122,16 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def _layer_states(cache: Any) -> list[tuple[Any, Any]]:
-    """Per-layer (keys, values) of a cache, across transformers' cache layouts."""
+def _layer_states(cache: Any) -> list[tuple[Any, Any]] | None:
+    """Per-layer (keys, values) of a plain full-attention cache; None for any other kind."""
     layers = getattr(cache, "layers", None)
     if layers is not None:
+        if any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return None
         return [(layer.keys, layer.values) for layer in layers]
-    return [(k, v) for k, v in cache]  # legacy tuple-of-tuples caches
+    if isinstance(cache, tuple) and all(isinstance(layer, tuple) and len(layer) == 2 for layer in cache):
+        return list(cache)  # transformers 4.x legacy format
+    return None
 
 
 def _left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> dict[str, Any]:
