@@ -314,6 +314,9 @@ def test_cli_fail_under_exits_3_below_the_score_and_0_above(tmp_path: Path, monk
     unknown = runner.invoke(_app(), [*common[:5], "--perturb", "sunspots"])
     assert unknown.exit_code == 2 and "sunspots" in unknown.output
 
+    both = runner.invoke(_app(), ["report", str(suite), "--base-url", "http://127.0.0.1:9/v1", "--runtime", "llamacpp"])
+    assert both.exit_code == 2 and "--runtime" in both.output
+
 
 def test_family_aliases_match_the_perturb_module() -> None:
     from guardrail.perturb import FAMILIES

@@ -122,6 +122,9 @@ def report(
     from guardrail.report.run import run_report
 
     families, severities = _families(perturb), _floats(severity)
+    if base_url and runtime != "transformers":
+        raise typer.BadParameter("--runtime chooses how a local model runs; a --base-url server runs its own",
+                                 param_hint="--runtime")
     function = _import_llm(llm) if llm else None
     if limit is None:
         limit = DEMO_LIMIT if suite is None else 0
