@@ -9,7 +9,7 @@ between the markers with the script's output, stamped with the date, the load av
 seconds it took. Prose outside the markers is left alone. Sizes are chosen so the default run
 fits in 15 minutes on a 2-core CPU; each script's own options give bigger runs. One section is
 left out of the default run for its length: ``--only vote_full`` (greedy vs vote on the whole
-SNIPS example suite, about 25 minutes).
+SNIPS example suite, about 11 minutes).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SECTIONS: dict[str, list[str]] = {
     "llamacpp": [PY, "benchmarks/bench_llamacpp.py", "--per-task", "3"],
     "remote": [PY, "benchmarks/bench_remote.py", "--prompts", "3"],
     "vote": [PY, "benchmarks/bench_vote.py", "--limit", "4"],
-    # Not in the default run: greedy vs vote(5) on all 56 SNIPS cases takes about 25 minutes.
+    # Not in the default run: greedy vs vote(5) on all 56 SNIPS cases takes about 11 minutes.
     "vote_full": [PY, "benchmarks/bench_vote.py", "--threads", "1"],
 }
 #: What a plain ``run.py`` runs: every section but the long ones (under 15 minutes on 2 cores).
