@@ -76,3 +76,20 @@ def test_a_sliding_window_model_decodes_without_the_cache() -> None:
     plain = PrefixCache(model, min_tokens=10**6)
     assert greedy(model, cache.inputs(ROWS, [0, 0, 0], PAD)) == greedy(model, plain.inputs(ROWS, [0, 0, 0], PAD))
     assert cache.supported is False and cache.prefills == 0
+
+
+def test_a_batch_sharing_more_stores_a_longer_prefix_and_a_re_ask_reuses_it() -> None:
+    model = tiny("llama")
+    cache = PrefixCache(model)
+    plain = PrefixCache(model, min_tokens=10**6)
+    cache.inputs([ROWS[0]], [40], PAD)  # a single call stores its instructions
+    assert cache.prefills == 1
+    # A batch whose rows share 40 more tokens (few-shot turns, say) gets a longer prefix of its own.
+    longer = [[*PREFIX, *range(50, 90), 60 + i] for i in range(2)]
+    assert greedy(model, cache.inputs(longer, [0, 0], PAD)) == greedy(model, plain.inputs(longer, [0, 0], PAD))
+    assert cache.prefills == 2 and max(len(p) for p in cache._entries) == 80
+    # A re-ask of one row ("instructions" now include its earlier answer) reuses the longest stored prefix.
+    hits = cache.hits
+    re_ask = [[*PREFIX, *range(50, 90), 61, 99, 98, 97]]
+    assert greedy(model, cache.inputs(re_ask, [83], PAD)) == greedy(model, plain.inputs(re_ask, [0], PAD))
+    assert cache.prefills == 2 and cache.hits == hits + 1

@@ -47,13 +47,22 @@ class PrefixCache:
         for a single row) is prefilled and stored. Falls back to plain left padding when no prefix
         of at least ``min_tokens`` is shared.
         """
-        shared = self._reusable(rows)
+        if not self.supported:
+            return _left_padded(rows, pad_id, self.model.device)
+        shortest = min(len(r) for r in rows)
+        length = min(_common_prefix(rows) if len(rows) > 1 else boundaries[0], shortest - 1)
+        stored = self._reusable(rows)
+        shared: tuple[int, ...] | None = None
+        # A stored prefix serves unless the batch shares much more (few-shot turns after the
+        # instructions, say). A single row never replaces it: its "instructions" on a re-ask
+        # include its own earlier answer, which no other prompt will share.
+        if stored is not None and (len(rows) == 1 or len(stored) + self.min_tokens > length):
+            shared = stored
+            with self._lock:
+                self.hits += 1
+        elif length >= self.min_tokens:
+            shared = tuple(rows[0][:length])
         if shared is None:
-            length = _common_prefix(rows) if len(rows) > 1 else boundaries[0]
-            length = min(length, min(len(r) for r in rows) - 1)
-            if length >= self.min_tokens:
-                shared = tuple(rows[0][:length])
-        if shared is None or not self.supported:
             return _left_padded(rows, pad_id, self.model.device)
         states = self._states(shared)
         if states is None:
@@ -61,14 +70,16 @@ class PrefixCache:
         return self._with_prefix(rows, shared, states, pad_id)
 
     def _reusable(self, rows: Sequence[Sequence[int]]) -> tuple[int, ...] | None:
+        """The longest stored prefix of every row (leaving each row a token of its own)."""
         with self._lock:
             shortest = min(len(r) for r in rows)
-            for prefix in reversed(self._entries):  # most recent first
-                if len(prefix) < shortest and all(tuple(r[: len(prefix)]) == prefix for r in rows):
-                    self._entries.move_to_end(prefix)
-                    self.hits += 1
-                    return prefix
-        return None
+            fitting = [p for p in self._entries
+                       if len(p) < shortest and all(tuple(r[: len(p)]) == p for r in rows)]
+            if not fitting:
+                return None
+            best = max(fitting, key=len)
+            self._entries.move_to_end(best)
+            return best
 
     def _states(self, prefix: tuple[int, ...]) -> list[tuple[Any, Any]] | None:
         with self._lock:
