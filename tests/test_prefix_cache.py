@@ -53,20 +53,20 @@ def test_prefix_reuse_decodes_like_left_padding() -> None:
     model = tiny("llama")
     plain = PrefixCache(model, min_tokens=10**6)  # never shares: plain left padding
     shared = PrefixCache(model)
-    expected = greedy(model, plain.inputs(ROWS, [0, 0, 0], PAD))
-    assert greedy(model, shared.inputs(ROWS, [0, 0, 0], PAD)) == expected
+    expected = greedy(model, plain.inputs(ROWS, PAD))
+    assert greedy(model, shared.inputs(ROWS, PAD)) == expected
     assert (shared.prefills, shared.hits) == (1, 0)
     # One row alone: the stored prefix is reused, and the result matches its row of the batch.
-    assert greedy(model, shared.inputs(ROWS[1:2], [40], PAD)) == expected[1:2]
+    assert greedy(model, shared.inputs(ROWS[1:2], PAD, lambda: 40)) == expected[1:2]
     assert (shared.prefills, shared.hits) == (1, 1)
     # A row that does not start with the prefix is not given it.
     other = [list(range(60, 110))]
-    assert greedy(model, shared.inputs(other, [0], PAD)) == greedy(model, plain.inputs(other, [0], PAD))
+    assert greedy(model, shared.inputs(other, PAD)) == greedy(model, plain.inputs(other, PAD))
 
 
 def test_a_prefix_shorter_than_the_minimum_is_not_cached() -> None:
     cache = PrefixCache(tiny("llama"), min_tokens=64)
-    inputs = cache.inputs(ROWS, [0, 0, 0], PAD)
+    inputs = cache.inputs(ROWS, PAD)
     assert cache.prefills == 0 and "cache" not in inputs and "past_key_values" not in inputs
 
 
@@ -74,7 +74,7 @@ def test_a_sliding_window_model_decodes_without_the_cache() -> None:
     model = tiny("mistral")
     cache = PrefixCache(model)
     plain = PrefixCache(model, min_tokens=10**6)
-    assert greedy(model, cache.inputs(ROWS, [0, 0, 0], PAD)) == greedy(model, plain.inputs(ROWS, [0, 0, 0], PAD))
+    assert greedy(model, cache.inputs(ROWS, PAD)) == greedy(model, plain.inputs(ROWS, PAD))
     assert cache.supported is False and cache.prefills == 0
 
 
@@ -82,14 +82,16 @@ def test_a_batch_sharing_more_stores_a_longer_prefix_and_a_re_ask_reuses_it() ->
     model = tiny("llama")
     cache = PrefixCache(model)
     plain = PrefixCache(model, min_tokens=10**6)
-    cache.inputs([ROWS[0]], [40], PAD)  # a single call stores its instructions
+    cache.inputs([ROWS[0]], PAD, lambda: 40)  # a single call stores its instructions
     assert cache.prefills == 1
     # A batch whose rows share 40 more tokens (few-shot turns, say) gets a longer prefix of its own.
     longer = [[*PREFIX, *range(50, 90), 60 + i] for i in range(2)]
-    assert greedy(model, cache.inputs(longer, [0, 0], PAD)) == greedy(model, plain.inputs(longer, [0, 0], PAD))
+    assert greedy(model, cache.inputs(longer, PAD)) == greedy(model, plain.inputs(longer, PAD))
     assert cache.prefills == 2 and max(len(p) for p in cache._entries) == 80
     # A re-ask of one row ("instructions" now include its earlier answer) reuses the longest stored prefix.
     hits = cache.hits
     re_ask = [[*PREFIX, *range(50, 90), 61, 99, 98, 97]]
-    assert greedy(model, cache.inputs(re_ask, [83], PAD)) == greedy(model, plain.inputs(re_ask, [0], PAD))
-    assert cache.prefills == 2 and cache.hits == hits + 1
+    asked: list[int] = []  # the instructions' end costs a template rendering: only asked when needed
+    reused = cache.inputs(re_ask, PAD, lambda: asked.append(1) or 83)
+    assert greedy(model, reused) == greedy(model, plain.inputs(re_ask, PAD))
+    assert cache.prefills == 2 and cache.hits == hits + 1 and asked == []

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.backends.base import Backend, Generation, Prompt, Sampling
 from guardrail.backends.loops import LoopStop
-from guardrail.backends.prefix_cache import PrefixCache
+from guardrail.backends.prefix_cache import PrefixCache, left_padded
 from guardrail.errors import BackendError
 
 if TYPE_CHECKING:
@@ -867,13 +867,12 @@ class LocalBackend(Backend):
                 special: bool) -> dict[str, Any]:
         """``generate`` inputs: left-padded rows, or a shared prefix's cache plus each row's rest."""
         tokenizer = loaded.tokenizer
-        if not self.share_prefix:
-            return dict(tokenizer(list(texts), return_tensors="pt", padding=True,
-                                  add_special_tokens=special).to(loaded.model.device))
         rows = [tokenizer(text, add_special_tokens=special)["input_ids"] for text in texts]
-        boundaries = [self._instructions_end(tokenizer, p, row, special) for p, row in zip(prompts, rows, strict=True)] \
-            if len(rows) == 1 else [0] * len(rows)
-        return loaded.prefixes().inputs(rows, boundaries, tokenizer.pad_token_id)
+        if not self.share_prefix:
+            return left_padded(rows, tokenizer.pad_token_id, loaded.model.device)
+        return loaded.prefixes().inputs(
+            rows, tokenizer.pad_token_id,
+            lambda: self._instructions_end(tokenizer, prompts[0], rows[0], special))
 
     @staticmethod
     def _instructions_end(tokenizer: Any, prompt: Prompt, row: list[int], special: bool) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # Shorter prefixes are not worth a second forward call.
@@ -39,34 +39,40 @@ class PrefixCache:
         self.hits = 0  # batches that reused a stored prefix
         self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def inputs(self, rows: Sequence[Sequence[int]], boundaries: Sequence[int], pad_id: int) -> dict[str, Any]:
+    def inputs(self, rows: Sequence[Sequence[int]], pad_id: int,
+               instructions_end: Callable[[], int] = lambda: 0) -> dict[str, Any]:
         """``generate`` keyword arguments for ``rows`` (token ids, unpadded).
 
-        ``boundaries[i]`` is where row ``i``'s instructions end (0 if unknown). A stored prefix of
-        every row is reused; otherwise the longest common prefix of the batch (of the instructions
-        for a single row) is prefilled and stored. Falls back to plain left padding when no prefix
-        of at least ``min_tokens`` is shared.
+        A stored prefix of every row is reused; otherwise the longest common prefix of the batch
+        is prefilled and stored, or for a single row its instructions: the first
+        ``instructions_end()`` tokens (called only then, as it renders the chat template again).
+        Falls back to plain left padding when no prefix of at least ``min_tokens`` is shared.
         """
         if not self.supported:
-            return _left_padded(rows, pad_id, self.model.device)
-        shortest = min(len(r) for r in rows)
-        length = min(_common_prefix(rows) if len(rows) > 1 else boundaries[0], shortest - 1)
+            return left_padded(rows, pad_id, self.model.device)
         stored = self._reusable(rows)
         shared: tuple[int, ...] | None = None
-        # A stored prefix serves unless the batch shares much more (few-shot turns after the
-        # instructions, say). A single row never replaces it: its "instructions" on a re-ask
-        # include its own earlier answer, which no other prompt will share.
-        if stored is not None and (len(rows) == 1 or len(stored) + self.min_tokens > length):
+        if stored is not None and len(rows) == 1:
+            # A single row never replaces a stored prefix: its "instructions" on a re-ask include
+            # its own earlier answer, which no other prompt will share.
             shared = stored
+        else:
+            shortest = min(len(r) for r in rows)
+            length = min(_common_prefix(rows) if len(rows) > 1 else instructions_end(), shortest - 1)
+            # A stored prefix serves unless the batch shares much more (few-shot turns after the
+            # instructions, say).
+            if stored is not None and len(stored) + self.min_tokens > length:
+                shared = stored
+            elif length >= self.min_tokens:
+                shared = tuple(rows[0][:length])
+        if shared is None:
+            return left_padded(rows, pad_id, self.model.device)
+        if shared is stored:
             with self._lock:
                 self.hits += 1
-        elif length >= self.min_tokens:
-            shared = tuple(rows[0][:length])
-        if shared is None:
-            return _left_padded(rows, pad_id, self.model.device)
         states = self._states(shared)
         if states is None:
-            return _left_padded(rows, pad_id, self.model.device)
+            return left_padded(rows, pad_id, self.model.device)
         return self._with_prefix(rows, shared, states, pad_id)
 
     def _reusable(self, rows: Sequence[Sequence[int]]) -> tuple[int, ...] | None:
@@ -145,7 +151,7 @@ def _layer_states(cache: Any) -> list[tuple[Any, Any]] | None:
     return None
 
 
-def _left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> dict[str, Any]:
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> dict[str, Any]:
     import torch
 
     width = max(len(r) for r in rows)
