@@ -8,9 +8,10 @@ A *leaf* is where an answer is compared as one piece:
   thing from one sample to the next, and voting per index would mix items of different lists;
 * an object the schema gives no ``properties`` for (a free-form map), as a whole.
 
-Objects with ``properties`` are not leaves: their members are. ``schema_leaves`` follows local
-``$ref`` (once per path, so recursive schemas end), merges ``allOf`` members and looks through an
-``anyOf``/``oneOf`` that is one object schema or null (``Optional[Model]``).
+Objects with ``properties`` are not leaves: their members are. ``schema_leaves`` follows ``$ref``
+as validation does (``guardrail.schema_walk.Refs``; once per path, so recursive schemas end),
+merges ``allOf`` members and looks through an ``anyOf``/``oneOf`` that is one object schema or
+null (``Optional[Model]``). JSON Pointers are written and read by ``guardrail.schema_walk``.
 
 >>> schema = {"type": "object", "properties": {"total": {"type": "number"},
 ...           "customer": {"type": "object", "properties": {"name": {"type": "string"}}},
@@ -26,72 +27,52 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from guardrail.schema_walk import Refs, escape, split_pointer, unescape
+
+__all__ = ["MAX_DEPTH", "escape", "leaf_schemas", "pointers", "resolve", "schema_leaves", "split", "unescape",
+           "value_leaves"]
+
 #: Nesting followed before a schema node is taken as a leaf (guards against huge schemas).
 MAX_DEPTH = 32
 
-
-def escape(key: str) -> str:
-    """A key as one JSON Pointer segment (RFC 6901).
-
-    >>> escape("a/b~c")
-    'a~1b~0c'
-    """
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def unescape(segment: str) -> str:
-    """The key a JSON Pointer segment names."""
-    return segment.replace("~1", "/").replace("~0", "~")
-
-
-def split(pointer: str) -> list[str]:
-    """The keys of a JSON Pointer (``""`` is the root: no keys).
-
-    >>> split("/a~1b/0")
-    ['a/b', '0']
-    """
-    return [] if pointer == "" else [unescape(s) for s in pointer.split("/")[1:]]
+#: The keys of a JSON Pointer (``guardrail.schema_walk.split_pointer``).
+split = split_pointer
 
 
 def schema_leaves(json_schema: Any) -> list[str]:
     """The leaf pointers a value of ``json_schema`` can have, in the schema's property order."""
-    out: list[str] = []
+    return list(leaf_schemas(json_schema))
 
-    def walk(node: Any, path: str, depth: int, refs: frozenset[str]) -> None:
-        node, refs = _deref(node, json_schema, refs)
-        props = None if depth >= MAX_DEPTH else _properties(node, json_schema, refs)
+
+def leaf_schemas(json_schema: Any) -> dict[str, Any]:
+    """``pointer -> subschema`` for each leaf of ``json_schema`` (``$ref`` followed), in property order.
+
+    >>> leaf_schemas({"properties": {"tags": {"type": "array", "items": {"type": "string"}}}})
+    {'/tags': {'type': 'array', 'items': {'type': 'string'}}}
+    """
+    refs = Refs(json_schema)
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, path: str, depth: int, active: frozenset[int]) -> None:
+        node, active = _follow(refs, node, active)
+        props = None if depth >= MAX_DEPTH else _properties(refs, node, active)
         if not props:
-            if path not in out:
-                out.append(path)
+            out.setdefault(path, node)
             return
         for name, sub in props.items():
-            walk(sub, f"{path}/{escape(name)}", depth + 1, refs)
+            walk(sub, f"{path}/{escape(name)}", depth + 1, active)
 
     walk(json_schema, "", 0, frozenset())
     return out
 
 
-def _deref(node: Any, root: Any, refs: frozenset[str]) -> tuple[Any, frozenset[str]]:
-    """Follow local ``$ref`` chains; a ref already on this path is not followed again."""
-    while isinstance(node, Mapping) and isinstance(node.get("$ref"), str) and node["$ref"].startswith("#"):
-        ref = node["$ref"]
-        if ref in refs:
-            return {}, refs
-        refs = refs | {ref}
-        target: Any = root
-        for key in split(ref[1:]):
-            if isinstance(target, Mapping) and key in target:
-                target = target[key]
-            elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
-                target = target[int(key)]
-            else:
-                return {}, refs
-        siblings = {k: v for k, v in node.items() if k != "$ref"}
-        node = {**target, **siblings} if isinstance(target, Mapping) and siblings else target
-    return node, refs
+def _follow(refs: Refs, node: Any, active: frozenset[int]) -> tuple[Any, frozenset[int]]:
+    """``node`` with its ``$ref`` chain followed; a recursive one is a leaf of any value."""
+    followed = refs.follow(node, active)
+    return ({}, active) if followed is None else followed
 
 
-def _properties(node: Any, root: Any, refs: frozenset[str]) -> dict[str, Any] | None:
+def _properties(refs: Refs, node: Any, active: frozenset[int]) -> dict[str, Any] | None:
     """The members of an object schema, or None when the node is a leaf."""
     if not isinstance(node, Mapping):
         return None
@@ -100,13 +81,13 @@ def _properties(node: Any, root: Any, refs: frozenset[str]) -> dict[str, Any] | 
         return None
     props: dict[str, Any] = dict(node["properties"]) if isinstance(node.get("properties"), Mapping) else {}
     for member in node.get("allOf") or []:
-        sub, sub_refs = _deref(member, root, refs)
-        props.update(_properties(sub, root, sub_refs) or {})
+        sub, sub_active = _follow(refs, member, active)
+        props.update(_properties(refs, sub, sub_active) or {})
     for key in ("anyOf", "oneOf"):
-        branches = [_deref(b, root, refs) for b in node.get(key) or []]
-        objects = [(b, r) for b, r in branches if not _is_null(b)]
+        branches = [_follow(refs, b, active) for b in node.get(key) or []]
+        objects = [(b, a) for b, a in branches if not _is_null(b)]
         if len(objects) == 1:
-            props.update(_properties(objects[0][0], root, objects[0][1]) or {})
+            props.update(_properties(refs, objects[0][0], objects[0][1]) or {})
     return props or None
 
 

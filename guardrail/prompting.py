@@ -2,9 +2,9 @@
 
 A small model follows a short bullet list far better than a JSON Schema dump, and its context is
 small, so ``describe_schema`` renders only what helps it fill in values: field names, types,
-enums, formats, bounds and descriptions, with nested objects and arrays indented and local
-``$ref`` resolved. ``instructions`` wraps that in a system message and adds any few-shot examples
-as user/assistant turns.
+enums, formats, bounds and descriptions, with nested objects and arrays indented and ``$ref``
+followed as validation follows it (``guardrail.schema_walk``). ``instructions`` wraps that in a
+system message and adds any few-shot examples as user/assistant turns.
 
 >>> print(describe_schema({"type": "object", "required": ["name"], "properties": {
 ...     "name": {"type": "string", "description": "Full name"},
@@ -17,8 +17,12 @@ A JSON object with these fields:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import unquote
+
+from guardrail.schema_walk import Refs, unescape, walk
 
 __all__ = ["describe_schema", "instructions"]
 
@@ -92,11 +96,12 @@ def _as_json(value: Any) -> str:
 
 
 class _Describer:
-    """Walks a schema once, resolving local ``$ref`` and stopping at recursion."""
+    """Walks a schema once, following ``$ref`` (``guardrail.schema_walk.Refs``) and stopping at recursion."""
 
     def __init__(self, root: Mapping[str, Any]) -> None:
         self.root = root
-        self.active: list[str] = []  # $refs being expanded: meeting one again means recursion
+        self.refs = Refs(root)
+        self.active: frozenset[int] = frozenset()  # subschemas being expanded: meeting one again means recursion
 
     def top(self) -> str:
         node = self.resolve(self.root)
@@ -107,30 +112,18 @@ class _Describer:
         return "\n".join([f"A JSON {head}{about}{tail}", *nested])
 
     def resolve(self, node: Any) -> Any:
-        """Follow local ``$ref`` chains (``#/$defs/X``, ``#/definitions/X``, any ``#/...`` pointer)."""
-        for _ in range(32):
-            if not (isinstance(node, Mapping) and isinstance(node.get("$ref"), str)):
-                break
-            target = self.lookup(node["$ref"])
-            if not isinstance(target, Mapping):
-                break
-            # Sibling keywords (a description next to the $ref) win over the target's.
-            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        return node
+        """``node`` with its ``$ref`` chain followed; sibling keywords (a description) win over the target's."""
+        followed = self.refs.follow(node, self.active)
+        return node if followed is None else followed[0]
 
-    def lookup(self, ref: str) -> Any:
-        if not ref.startswith("#"):
-            return None  # remote references are the schema loader's business
-        node: Any = self.root
-        for part in [p for p in ref[1:].split("/") if p]:
-            part = part.replace("~1", "/").replace("~0", "~")
-            if isinstance(node, Mapping) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                return None
-        return node
+    @contextmanager
+    def expanding(self, active: frozenset[int]) -> Iterator[None]:
+        """While describing inside the subschemas ``active`` adds, a ``$ref`` back to one is recursion."""
+        saved, self.active = self.active, active
+        try:
+            yield
+        finally:
+            self.active = saved
 
     def fields(self, node: Mapping[str, Any], depth: int) -> list[str]:
         lines: list[str] = []
@@ -150,21 +143,16 @@ class _Describer:
 
     def describe(self, node: Any, depth: int) -> tuple[str, list[str]]:
         """One-line summary of ``node`` (unresolved) plus indented lines for what it contains."""
-        ref = node.get("$ref") if isinstance(node, Mapping) else None
-        if isinstance(ref, str) and ref in self.active:
-            return f"object like {ref.rsplit('/', 1)[-1]} (nested)", []
-        if isinstance(ref, str):
-            self.active.append(ref)
-        try:
-            node = self.resolve(node)
-            if node is True or node == {}:
-                return "any value", []
-            if not isinstance(node, Mapping):
-                return "nothing", []
+        followed = self.refs.follow(node, self.active)
+        if followed is None:
+            return f"object like {_ref_name(node['$ref'])} (nested)", []
+        node, active = followed
+        if node is True or node == {}:
+            return "any value", []
+        if not isinstance(node, Mapping):
+            return "nothing", []
+        with self.expanding(active):
             head, tail, nested = self.shape(node, depth)
-        finally:
-            if isinstance(ref, str):
-                self.active.pop()
         description = node.get("description")
         if not (isinstance(description, str) and description.strip()):
             return head + tail, nested
@@ -185,7 +173,8 @@ class _Describer:
             if isinstance(options, list) and options:
                 return self.alternatives(options, depth)
         if isinstance(node.get("allOf"), list) and len(node["allOf"]) == 1:
-            merged = {**self.resolve(node["allOf"][0]), **{k: v for k, v in node.items() if k != "allOf"}}
+            first = self.resolve(node["allOf"][0])
+            merged = {**(first if isinstance(first, Mapping) else {}), **{k: v for k, v in node.items() if k != "allOf"}}
             return self.shape(merged, depth)
         types = node.get("type")
         names = [types] if isinstance(types, str) else list(types) if isinstance(types, list) else []
@@ -215,22 +204,17 @@ class _Describer:
         raw = node.get("items")
         if not isinstance(raw, Mapping):
             return "list" + bounds, "", []
-        ref = raw.get("$ref")
-        items = self.resolve(raw)
-        recursive = isinstance(ref, str) and ref in self.active
-        if not recursive and _is_object(items) and items.get("properties"):
-            if isinstance(ref, str):
-                self.active.append(ref)
-            try:
-                lines = self.fields(items, depth)
-            finally:
-                if isinstance(ref, str):
-                    self.active.pop()
-            return f"list of objects{bounds}", ", each with:", lines
-        types = items.get("type") if isinstance(items, Mapping) else None
-        if (not recursive and isinstance(types, str) and types in _PLURALS
-                and not {"enum", "const", "format", "anyOf", "oneOf"} & set(items)):
-            return f"list of {_PLURALS[types]}{bounds}", "", []
+        followed = self.refs.follow(raw, self.active)
+        if followed is not None:  # else recursion: describe() names it
+            items, active = followed
+            if _is_object(items) and items.get("properties"):
+                with self.expanding(active):
+                    lines = self.fields(items, depth)
+                return f"list of objects{bounds}", ", each with:", lines
+            types = items.get("type") if isinstance(items, Mapping) else None
+            simple = not {"enum", "const", "format", "anyOf", "oneOf"} & set(items)
+            if isinstance(types, str) and types in _PLURALS and simple:
+                return f"list of {_PLURALS[types]}{bounds}", "", []
         summary, nested = self.describe(raw, depth)
         return f"list{bounds} of: {summary}", "", nested
 
@@ -330,20 +314,13 @@ def _is_object(node: Any) -> bool:
     return types == "object" or (types is None and isinstance(node.get("properties"), Mapping))
 
 
-def _walk(node: Any) -> Any:
-    """Every mapping inside ``node`` (data keywords skipped)."""
-    if isinstance(node, Mapping):
-        yield node
-        for key, value in node.items():
-            if key not in ("enum", "const", "default", "examples"):
-                yield from _walk(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _walk(item)
+def _ref_name(ref: str) -> str:
+    """The last segment of a ``$ref``, as a name: ``#/$defs/My%20Model`` -> ``My Model``."""
+    return unescape(unquote(ref.rsplit("/", 1)[-1]))
 
 
 def _allows_null(schema: Any) -> bool:
-    for node in _walk(schema):
+    for node in (n.schema for n in walk(schema)):
         types = node.get("type")
         if types == "null" or (isinstance(types, list) and "null" in types):
             return True
@@ -353,7 +330,7 @@ def _allows_null(schema: Any) -> bool:
 
 
 def _has_optional(schema: Any) -> bool:
-    for node in _walk(schema):
+    for node in (n.schema for n in walk(schema)):
         properties = node.get("properties")
         if isinstance(properties, Mapping) and set(properties) - set(node.get("required") or ()):
             return True

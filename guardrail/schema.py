@@ -34,11 +34,9 @@ from pydantic import BaseModel
 
 from guardrail import patterns
 from guardrail.errors import SchemaError
+from guardrail.schema_walk import IN_PLACE, Refs, escape, join_pointer, subschemas, walk
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
-
-# Keywords whose values are data, not subschemas: a "$ref" inside them is not a reference.
-_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,7 +151,7 @@ class Schema:
         cls = self._validator_class
         error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(self.json_schema))
         if error is not None:
-            location = _pointer(error.absolute_path)
+            location = join_pointer(error.absolute_path)
             raise SchemaError(
                 f"{error.message} (keyword {error.validator!r} of the metaschema)",
                 location=location,
@@ -166,7 +164,7 @@ class Schema:
     def _check_patterns(self) -> None:
         # Python's re is what validates "pattern": a regex it cannot compile (such as the ECMA-262
         # "\p{L}") would otherwise raise re.error at the first validation, not here.
-        for location, keyword, regex in _patterns(self.json_schema, ""):
+        for location, keyword, regex in _patterns(self.json_schema):
             try:
                 re.compile(regex)
                 patterns.compile_pattern(regex)  # what validation matches with (bounded in time)
@@ -181,7 +179,7 @@ class Schema:
         resolver = self._registry.resolver_with_root(self._specification.create_resource(self.json_schema))
         # Up to draft 7 a "$ref" makes its siblings, "$id" included, ignored.
         ref_hides_id = self._validator_class in _REF_HIDES_SIBLINGS
-        for location, ref_base, ref in _refs(self.json_schema, "", "", ref_hides_id):
+        for location, ref_base, ref in _refs(self.json_schema, ref_hides_id):
             if not ref_base:
                 target = ref
             elif ref.startswith("#"):  # as referencing does: urljoin knows nothing of e.g. "urn:" bases
@@ -465,33 +463,6 @@ def _format_checker(cls: type[Validator]) -> jsonschema.FormatChecker:
 
 # -- $ref loops that never move into the instance ------------------------------------------
 
-#: Keywords whose subschemas apply to the same instance as their parent ("in place").
-_IN_PLACE = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "dependencies")
-#: Keywords holding a map of name -> subschema.
-_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "dependentSchemas", "dependencies"})
-#: Keywords reached only through a "$ref", not by evaluation.
-_DEFINITIONS = frozenset({"$defs", "definitions"})
-
-
-def _subschemas(node: Mapping[str, Any], ref_hides_siblings: bool) -> Iterator[tuple[str, Any, bool]]:
-    """(pointer suffix, subschema, in place) for each subschema that validation may apply to ``node``'s instance."""
-    for key, value in node.items():
-        if key in _DATA_KEYWORDS or key in _DEFINITIONS or key == "$ref":
-            continue
-        if ref_hides_siblings and "$ref" in node:
-            break
-        in_place = key in _IN_PLACE
-        if key in _SCHEMA_MAPS and isinstance(value, Mapping):
-            for name, sub in value.items():
-                if isinstance(sub, Mapping):
-                    yield f"/{_escape(key)}/{_escape(name)}", sub, in_place
-        elif isinstance(value, Mapping):
-            yield f"/{_escape(key)}", value, in_place
-        elif isinstance(value, list):
-            for index, sub in enumerate(value):
-                if isinstance(sub, Mapping):
-                    yield f"/{_escape(key)}/{index}", sub, in_place
-
 
 def _in_place_cycle(document: Any, registry: referencing.Registry, specification: Any,
                     ref_hides_siblings: bool) -> list[str]:
@@ -501,33 +472,32 @@ def _in_place_cycle(document: Any, registry: referencing.Registry, specification
     """
     if not isinstance(document, Mapping):
         return []
-    root = registry.resolver_with_root(specification.create_resource(document))
-    # Reachable nodes, with their pointer and resolver, and the in-place edges between them.
+    refs = Refs(document, registry=registry, specification=specification)
+    # Reachable nodes, with their pointer, and the in-place edges between them.
     where: dict[int, str] = {id(document): ""}
     edges: dict[int, list[int]] = {}
-    todo: list[tuple[Mapping[str, Any], str, Any]] = [(document, "", root)]
+    todo: list[tuple[Mapping[str, Any], str]] = [(document, "")]
     while todo:
-        node, pointer, resolver = todo.pop()
-        resolver = resolver.in_subresource(specification.create_resource(node))
+        node, pointer = todo.pop()
         out = edges[id(node)] = []
-        targets: list[tuple[Any, str, Any, bool]] = [
-            (sub, pointer + suffix, resolver, in_place) for suffix, sub, in_place in _subschemas(node, ref_hides_siblings)
+        hidden = ref_hides_siblings and "$ref" in node  # up to draft 7 a "$ref" makes its siblings ignored
+        targets: list[tuple[Any, str, bool]] = [
+            (sub, pointer + join_pointer(path), path[0] in IN_PLACE)
+            for path, sub in ([] if hidden else subschemas(node, definitions=False))
+            if isinstance(sub, Mapping)
         ]
         ref = node.get("$ref")
         if isinstance(ref, str):
-            try:
-                resolved = resolver.lookup(ref)
-            except Exception:  # noqa: BLE001 - unresolvable refs are _check_refs' business
-                resolved = None
-            if resolved is not None and isinstance(resolved.contents, Mapping):
+            resolved = refs.lookup(ref, where=node)  # unresolvable refs are _check_refs' business
+            if isinstance(resolved, Mapping):
                 label = unquote(ref[1:]) if ref.startswith("#") else ref  # "#/$defs/a" -> "/$defs/a"
-                targets.append((resolved.contents, label, resolved.resolver, True))
-        for sub, sub_pointer, sub_resolver, in_place in targets:
+                targets.append((resolved, label, True))
+        for sub, sub_pointer, in_place in targets:
             if in_place:
                 out.append(id(sub))
             if id(sub) not in where:
                 where[id(sub)] = sub_pointer
-                todo.append((sub, sub_pointer, sub_resolver))
+                todo.append((sub, sub_pointer))
     # A cycle among in-place edges (three-colour depth-first search, with an explicit stack).
     state: dict[int, int] = {}  # 1: on the current path, 2: done
     for start in edges:
@@ -552,58 +522,28 @@ def _in_place_cycle(document: Any, registry: referencing.Registry, specification
     return []
 
 
-def _refs(node: Any, base: str, location: str, ref_hides_id: bool = False) -> Iterator[tuple[str, str, str]]:
+def _refs(document: Any, ref_hides_id: bool = False) -> Iterator[tuple[str, str, str]]:
     """Yield (pointer, base URI, ref) for every ``$ref`` string in a schema, tracking ``$id`` scopes."""
-    if isinstance(node, dict):
-        node_id = node.get("$id")
-        ref = node.get("$ref")
-        if isinstance(node_id, str) and not node_id.startswith("#") and not (ref_hides_id and "$ref" in node):
+    bases: dict[str, str] = {}
+    for node in walk(document):
+        base = "" if node.parent is None else bases[node.parent]
+        node_id, ref = node.schema.get("$id"), node.schema.get("$ref")
+        if isinstance(node_id, str) and not node_id.startswith("#") and not (ref_hides_id and "$ref" in node.schema):
             base = urljoin(base, node_id) if base else node_id
+        bases[node.pointer] = base
         if isinstance(ref, str) and (not ref.startswith("#") or ref == "#" or ref.startswith("#/")):
-            yield f"{location}/$ref", base, ref
-        for key, value in node.items():
-            if key in _DATA_KEYWORDS:
-                continue
-            if key == "properties" and isinstance(value, dict):
-                # property names are data: walk into each property's schema, not into the name
-                for name, sub in value.items():
-                    yield from _refs(sub, base, f"{location}/properties/{_escape(name)}", ref_hides_id)
-                continue
-            yield from _refs(value, base, f"{location}/{_escape(key)}", ref_hides_id)
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _refs(item, base, f"{location}/{index}", ref_hides_id)
+            yield f"{node.pointer}/$ref", base, ref
 
 
-def _patterns(node: Any, location: str) -> Iterator[tuple[str, str, str]]:
+def _patterns(document: Any) -> Iterator[tuple[str, str, str]]:
     """Yield (pointer, keyword, regex) for every ``pattern`` and ``patternProperties`` key of a schema."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _DATA_KEYWORDS:
-                continue
-            here = f"{location}/{_escape(key)}"
-            if key == "pattern" and isinstance(value, str):
-                yield here, "pattern", value
-            elif key == "properties" and isinstance(value, dict):
-                for name, sub in value.items():
-                    yield from _patterns(sub, f"{here}/{_escape(name)}")
-            else:
-                if key == "patternProperties" and isinstance(value, dict):
-                    for regex in value:
-                        yield f"{here}/{_escape(regex)}", "patternProperties", regex
-                yield from _patterns(value, here)
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _patterns(item, f"{location}/{index}")
-
-
-def _escape(token: Any) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
-
-
-def _pointer(parts: Any) -> str:
-    """JSON Pointer (RFC 6901) for a sequence of keys and indexes."""
-    return "".join(f"/{_escape(p)}" for p in parts)
+    for node in walk(document):
+        pattern, by_pattern = node.schema.get("pattern"), node.schema.get("patternProperties")
+        if isinstance(pattern, str):
+            yield f"{node.pointer}/pattern", "pattern", pattern
+        if isinstance(by_pattern, Mapping):
+            for regex in by_pattern:
+                yield f"{node.pointer}/patternProperties/{escape(regex)}", "patternProperties", str(regex)
 
 
 def shipped_schemas_dir() -> Path:

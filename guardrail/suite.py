@@ -57,6 +57,7 @@ import yaml
 from guardrail.errors import SchemaError, SuiteError
 from guardrail.perturb import derive_seed
 from guardrail.schema import Schema
+from guardrail.schema_walk import join_pointer, walk
 
 DEFAULT_TEMPLATE = "{instruction}\n\n{examples}Text: {input}\nJSON:"
 DEFAULT_EXAMPLE_TEMPLATE = "Text: {input}\nJSON: {output}\n\n"
@@ -404,7 +405,7 @@ def _check_gold(schema: Schema, value: Any, where: str, fail: Any) -> None:
     errors = sorted(schema.validator.iter_errors(value), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
-        pointer = "".join(f"/{p}" for p in first.absolute_path) or "/"
+        pointer = join_pointer(first.absolute_path) or "/"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise fail(f"{where} does not match the schema at {pointer}: {first.message}{more}")
 
@@ -439,30 +440,17 @@ def _case_dict(case: Case) -> dict[str, Any]:
     return out
 
 
-def _schema_terms(node: Any) -> set[str]:
+def _schema_terms(schema: Any) -> set[str]:
     """Property names and string enum/const values anywhere in a schema."""
     terms: set[str] = set()
-    if isinstance(node, list):
-        for item in node:
-            terms |= _schema_terms(item)
-    elif isinstance(node, Mapping):
-        for key, value in node.items():
-            if key == "enum" and isinstance(value, list):
-                terms |= {v for v in value if isinstance(v, str)}
-            elif key == "const" and isinstance(value, str):
-                terms.add(value)
-            elif key in _SUBSCHEMA_MAPS and isinstance(value, Mapping):
-                terms |= set(map(str, value)) if key == "properties" else set()
-                for sub in value.values():
-                    terms |= _schema_terms(sub)
-            elif key not in _DATA_KEYWORDS:
-                terms |= _schema_terms(value)
+    for node in (n.schema for n in walk(schema)):
+        if isinstance(node.get("properties"), Mapping):
+            terms |= set(map(str, node["properties"]))
+        if isinstance(node.get("enum"), list):
+            terms |= {v for v in node["enum"] if isinstance(v, str)}
+        if isinstance(node.get("const"), str):
+            terms.add(node["const"])
     return terms
-
-
-# Keywords whose value maps names to subschemas, and keywords whose value is data, not schema.
-_SUBSCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
-_DATA_KEYWORDS = frozenset({"default", "examples", "description", "title", "$comment"})
 
 
 # -- SNIPS --------------------------------------------------------------------------------------

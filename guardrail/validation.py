@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from guardrail import patterns
 from guardrail.result import Issue
-from guardrail.schema import Schema, _pointer
+from guardrail.schema import Schema
+from guardrail.schema_walk import join_pointer
 
 #: Outputs longer than this many characters are refused unparsed.
 MAX_CHARS = 1_000_000
@@ -102,12 +103,12 @@ def _schema_issue(error: Any) -> Issue:
         # Point at the missing member itself: "/customer/email", not its parent object.
         missing = [n for n in error.validator_value if n not in error.instance and repr(n) in error.message]
         if missing:
-            return Issue(path=_pointer([*path, missing[0]]), message="required property is missing",
+            return Issue(path=join_pointer([*path, missing[0]]), message="required property is missing",
                          value=None, keyword="required")
     message = error.message
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-    return Issue(path=_pointer(path), message=message, value=error.instance, keyword=str(error.validator))
+    return Issue(path=join_pointer(path), message=message, value=error.instance, keyword=str(error.validator))
 
 
 def _instantiate(schema: Schema, data: Any) -> Any:
@@ -120,7 +121,8 @@ def _pydantic_issues(exc: ValidationError) -> list[Issue]:
         message = error["msg"]
         if error["type"] == "missing":
             message = "required field is missing"
-        issues.append(Issue(path=_pointer(error["loc"]), message=message, value=error.get("input"), keyword=error["type"]))
+        issues.append(Issue(path=join_pointer(error["loc"]), message=message, value=error.get("input"),
+                            keyword=error["type"]))
     return issues
 
 
