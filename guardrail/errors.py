@@ -16,10 +16,9 @@ that ends the loop, so nothing the caller could need is lost.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from guardrail.result import Attempt
+from guardrail.attempt import Attempt
 
 
 class GuardrailError(Exception):

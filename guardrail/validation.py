@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from guardrail import patterns
-from guardrail.result import Issue
+from guardrail.attempt import Issue
 from guardrail.schema import Schema
 from guardrail.schema_walk import join_pointer
 
