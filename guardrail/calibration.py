@@ -3,7 +3,7 @@
 Works on outcome rows (``guardrail.metrics.OutcomeRow``) that carry ``confidence`` and/or
 ``agreement`` maps (JSON Pointer -> number in [0, 1], see ``guardrail.confidence`` and
 ``guardrail.voting``). A field is *right* when the answer's value at the pointer agrees with the
-gold's after normalisation (``guardrail.metrics.same_value``: lists as multisets, ``null`` and
+gold's after normalisation (``guardrail.compare.same_value``: lists as multisets, ``null`` and
 absent alike).
 
 ``reliability(rows)``
@@ -35,8 +35,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from guardrail.compare import is_empty, same_value
 from guardrail.leaves import resolve
-from guardrail.metrics import is_empty, same_value
 
 #: Confidence bins of the reliability diagram.
 DEFAULT_BINS = 10

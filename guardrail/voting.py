@@ -5,7 +5,7 @@ confidence) and builds the answer per leaf field (``guardrail.leaves``: scalars,
 whole multisets) by majority:
 
 1. at each leaf pointer, the samples' values are grouped into classes of agreeing values, with
-   the normalised comparison of ``guardrail.metrics.same_value`` (strings NFKC-normalised,
+   the normalised comparison of ``guardrail.compare.same_value`` (strings NFKC-normalised,
    case-folded and trimmed; numbers within a tolerance, ``"12.50"`` agreeing with ``12.5``;
    lists as multisets; ``null``, absent, ``""`` and ``[]`` all one "no value" class, so leaving
    a field out is a vote too);
@@ -35,8 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from guardrail.compare import same_value
 from guardrail.leaves import pointers, split, value_leaves
-from guardrail.metrics import same_value
 
 #: Agreement shares are rounded to this many digits (they are small fractions: 3/5, 2/3).
 DIGITS = 3

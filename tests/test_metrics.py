@@ -226,7 +226,7 @@ def test_rows_round_trip_through_jsonl(tmp_path: Path) -> None:
     assert read_rows(path) == small_run()
 
 
-@pytest.mark.parametrize("module", ["guardrail.metrics"])
+@pytest.mark.parametrize("module", ["guardrail.metrics", "guardrail.compare"])
 def test_docstring_examples_hold(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # examples name files relative to the repo root
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
