@@ -192,6 +192,16 @@ def test_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
     assert embedded.cache_root() == tmp_path / "xdg" / "guardrail"
 
 
+def test_file_digest_is_blake2b_256_of_the_content(tmp_path: Path) -> None:
+    import hashlib
+
+    from guardrail.backends import embedded
+
+    data = bytes(range(256)) * 40_000  # spans several read buffers
+    (tmp_path / "weights.gguf").write_bytes(data)
+    assert embedded.file_digest(tmp_path / "weights.gguf") == hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------
 # With the real embedded model
 

@@ -9,7 +9,7 @@ Loading a GGUF file through ``transformers`` dequantizes every tensor (about 20 
 so the first load also writes the converted weights (float32 safetensors, about 540 MB) and the
 tokenizer into a cache directory::
 
-    $GUARDRAIL_CACHE_DIR/models/<blake2b-256 of the gguf file>/       (default ~/.cache/guardrail)
+    $GUARDRAIL_CACHE_DIR/models/<blake2b-256 of the gguf file>/   (default: the user cache dir, ~/.cache/guardrail)
         config.json  model.safetensors  tokenizer.json  ...
         guardrail-cache.json     manifest, written last: the GGUF's digest, and the size and
                                  blake2b-256 digest of every file guardrail wrote
@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +53,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
+from guardrail.atomic import replacing
 from guardrail.errors import BackendError
 
 __all__ = [
@@ -124,8 +126,8 @@ def find_embedded_gguf() -> Path:
 
 
 def cache_root() -> Path:
-    """guardrail's cache directory: ``$GUARDRAIL_CACHE_DIR``, else ``$XDG_CACHE_HOME/guardrail``,
-    else ``~/.cache/guardrail``.
+    """guardrail's cache directory: ``$GUARDRAIL_CACHE_DIR``, else the user cache directory
+    (``platformdirs``: ``$XDG_CACHE_HOME/guardrail`` or ``~/.cache/guardrail`` on Linux).
 
     >>> cache_root().name  # doctest: +SKIP
     'guardrail'
@@ -133,9 +135,7 @@ def cache_root() -> Path:
     explicit = os.environ.get("GUARDRAIL_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "guardrail"
+    return Path(platformdirs.user_cache_dir("guardrail", appauthor=False))
 
 
 def embedded_cache_dir(digest: str) -> Path:
@@ -143,17 +143,14 @@ def embedded_cache_dir(digest: str) -> Path:
     return cache_root() / "models" / digest
 
 
-def file_digest(path: Path, chunk_size: int = 1 << 22) -> str:
-    """blake2b-256 hex digest of a file, read in 4 MiB chunks.
+def file_digest(path: Path) -> str:
+    """blake2b-256 hex digest of a file.
 
     >>> len(file_digest(find_embedded_gguf()))  # doctest: +SKIP
     64
     """
-    digest = hashlib.blake2b(digest_size=32)
     with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=32)).hexdigest()
 
 
 def load_embedded(*, use_cache: bool = True) -> EmbeddedLoad:
@@ -260,34 +257,14 @@ def write_cache(model: Any, tokenizer: Any, cache_dir: Path, digest: str) -> Non
     import transformers
 
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", suffix=".tmp", dir=cache_dir.parent))
-    try:
+    # If another process finished the same entry meanwhile, its entry is kept and ours dropped.
+    with replacing(cache_dir, directory=True, keep_existing=lambda entry: cache_is_valid(entry, digest)) as tmp:
         _save_dequantized(model, tmp)
         tokenizer.save_pretrained(tmp)
         marker = {"gguf_digest": digest, "format": CACHE_FORMAT, "gguf_file": GGUF_FILE,
                   "transformers": transformers.__version__, "created": time.time(), "files": _describe_files(tmp)}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        if cache_is_valid(cache_dir, digest):
-            return  # another process finished the same entry meanwhile: keep it, drop ours
-        if cache_dir.exists():
-            # A stale entry: a directory cannot be renamed over a non-empty one, so move it aside.
-            stale = cache_dir.with_name(f".{cache_dir.name[:12]}-{os.getpid()}-{time.monotonic_ns()}.stale")
-            try:
-                os.replace(cache_dir, stale)
-            except OSError:
-                pass  # then the rename below fails too, and says why
-            else:
-                shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, cache_dir)
-        except OSError:
-            if not cache_is_valid(cache_dir, digest):  # not a lost race: a real failure
-                raise
-            logger.debug("another process wrote %s first", cache_dir)
-        _prune_old_formats(cache_dir.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    _prune_old_formats(cache_dir.parent)
 
 
 def _prune_old_formats(models_dir: Path) -> None:

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from guardrail.atomic import write_atomic
 
 __all__ = ["FORMAT", "GrammarCache"]
 
@@ -74,18 +74,8 @@ class GrammarCache:
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "engine": engine, "version": version, "tokenizer": tokenizer,
                     "size": len(payload), "blake2b": _digest(payload)}
-        self._write(self.root / f"{key}.bin", payload)
-        self._write(self.root / f"{key}.json", json.dumps(manifest, indent=2).encode())
-
-    def _write(self, path: Path, data: bytes) -> None:
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.root / f"{key}.bin", payload)
+        write_atomic(self.root / f"{key}.json", json.dumps(manifest, indent=2))
 
     def entries(self) -> list[str]:
         """Keys with a manifest (intact or not)."""

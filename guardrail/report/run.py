@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guardrail.atomic import replacing, write_atomic
 from guardrail.errors import SuiteError
 from guardrail.perturb import FAMILIES
 from guardrail.report.html import render_html
@@ -305,13 +306,9 @@ def write_report(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> dic
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for kind, render in (("md", render_markdown), ("html", render_html)):
-        path = out / f"report.{kind}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(render(report), encoding="utf-8")
-        os.replace(tmp, path)
-        files[kind] = path
-    tmp_json = write_json(report, out / "report.json.tmp")
-    os.replace(tmp_json, out / "report.json")
+        files[kind] = write_atomic(out / f"report.{kind}", render(report))
+    with replacing(out / "report.json") as tmp:
+        write_json(report, tmp)
     files["json"] = out / "report.json"
     return files
 

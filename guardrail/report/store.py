@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from guardrail.atomic import write_atomic
+
 RESULTS = "results.jsonl"
 RUN = "run.json"
 
@@ -98,7 +100,7 @@ class Store:
             # Rows without a run.json cannot be trusted to match this configuration.
             store.moved_aside = _move_aside(out, "unknown")
         if not (out / RUN).exists():
-            _write_atomic(run_file, json.dumps({"hash": store.hash, "config": ready}, indent=2, sort_keys=True) + "\n")
+            write_atomic(run_file, json.dumps({"hash": store.hash, "config": ready}, indent=2, sort_keys=True) + "\n")
         store.rows, store.torn = _read_rows(results, store.hash)
         return store
 
@@ -151,12 +153,6 @@ def _move_aside(out: Path, old_hash: str) -> list[Path]:
         source.rename(dest)
         moved.append(dest)
     return moved
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_rows(path: Path, run_hash: str) -> tuple[list[dict[str, Any]], list[BadLine]]:
