@@ -2,10 +2,13 @@
 
 ``plan`` is pure: it renders every prompt up front, the clean one once per case, each
 perturbed one from a seed derived from ``(seed, case, family, severity, target)`` with a stable
-hash, so the same suite and settings give the same prompts on any machine. ``evaluate`` sends
-them through a guard's ``run_many`` in batches, turns each ``Result`` into an ``OutcomeRow``
-(appended to a JSONL file as it goes, when a path is given) and summarises the rows with
-``guardrail.metrics``.
+hash, so the same suite and settings give the same prompts on any machine. ``run_plan`` is the
+one runner: it sends planned prompts through each task's guard (``run_many``) in batches, in
+each decoding mode asked for, skips the work items already ``done``, turns each ``Result`` into
+an outcome row and hands every batch's rows to a sink as soon as the batch returns.
+``evaluate`` is plan, run and summarise (``guardrail.metrics``) in one call, with an optional
+JSONL file as the sink; ``guardrail report`` drives the same runner with its resumable results
+store as the sink (``guardrail.report.run``).
 
 >>> from guardrail.result import Attempt, Result
 >>> from guardrail.suite import load_suite
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +45,10 @@ DEFAULT_SEVERITIES: tuple[float, ...] = (0.25, 0.5, 1.0)
 
 
 class BatchGuard(Protocol):
-    """What ``evaluate`` needs of a guard: ``Guard.run_many``'s contract."""
+    """What the runner needs of a guard: ``Guard.run_many``'s contract (``options`` such as
+    ``constrained=False`` are passed only for a decoding mode that sets them)."""
 
-    def run_many(self, prompts: Sequence[Prompt], *, concurrency: int = ...) -> list[Result[Any]]: ...
+    def run_many(self, prompts: Sequence[Prompt], *, concurrency: int = ..., **options: Any) -> list[Result[Any]]: ...
 
 
 #: One guard for every task, a mapping from task name to guard, or a factory called per task.
@@ -223,21 +227,12 @@ def evaluate(
     items = plan(suite, perturbations, severities, seeds, target)
     guards = _guards(guard, suite)
     rows: list[OutcomeRow] = []
-    with Path(rows_path).open("a", encoding="utf-8") if rows_path is not None else nullcontext() as sink:
-        for task in suite.tasks:
-            mine = [i for i in items if i.task is task]
-            for start in range(0, len(mine), batch_size):
-                batch = mine[start : start + batch_size]
-                prompts = [i.prompt(chat=chat) for i in batch]
-                results = guards[task.name].run_many(prompts, concurrency=batch_size)
-                if len(results) != len(batch):
-                    raise RuntimeError(f"run_many returned {len(results)} results for {len(batch)} prompts")
-                for item, prompt, result in zip(batch, prompts, results, strict=True):
-                    row = outcome_row(item, prompt, result)
-                    rows.append(row)
-                    _write(sink, row)
-                    if on_row is not None:
-                        on_row(row)
+    with JsonLines(rows_path) if rows_path is not None else nullcontext() as sink:
+        for batch in run_plan(items, lambda task: guards[task.name], chat=chat, batch_size=batch_size, sink=sink):
+            rows += batch.rows
+            if on_row is not None:
+                for row in batch.rows:
+                    on_row(row)
     config = {
         "perturbations": [p if isinstance(p, str) else repr(p) for p in perturbations],
         "severities": severities,
@@ -251,17 +246,143 @@ def evaluate(
     return RobustnessReport(suite.name, config, rows, summarize(rows, n_boot=n_boot, seed=ci_seed))
 
 
-def _write(sink: IO[str] | None, row: OutcomeRow) -> None:
-    if sink is not None:
-        sink.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        sink.flush()  # so a crashed or watched run has every finished row on disk
+# -- the runner -----------------------------------------------------------------------------------
+
+#: Decoding modes a run can compare, and the ``run_many`` options each sets.
+MODES: dict[str, dict[str, Any]] = {"constrained": {}, "unconstrained": {"constrained": False}}
 
 
-def outcome_row(item: PlanItem, prompt: Prompt, result: Result[Any]) -> OutcomeRow:
-    """The ``OutcomeRow`` for one planned prompt and the guard's ``Result``."""
+class RunRow(OutcomeRow, total=False):
+    """An outcome row as ``run_plan`` makes it: also its work item's ``key`` (``item_key``), its
+    decoding ``mode``, the last failed attempt's ``issues`` (as text; empty when the first attempt
+    was valid) and every attempt's ``endings``."""
+
+    key: str
+    mode: str
+    issues: list[str]
+    endings: list[str]
+
+
+class RowSink(Protocol):
+    """Where ``run_plan`` puts each batch's rows: ``append`` them, then ``sync`` (make them durable)."""
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> None: ...
+
+    def sync(self) -> None: ...
+
+
+@dataclass
+class Batch:
+    """One ``run_many`` call of ``run_plan``: its mode, its task, and its rows in plan order."""
+
+    mode: str
+    task: Task
+    rows: list[RunRow]
+
+
+def item_key(item: PlanItem, mode: str = "constrained") -> str:
+    """The stable name of one planned prompt in one mode: what a resumed run skips by.
+
+    >>> from guardrail.suite import load_suite
+    >>> item_key(plan(load_suite("examples/suites/invoice_contact.yaml"), ["typos"], [0.5])[1])
+    'constrained/invoice/inv-01-email/typos/0.5/0/input'
+    """
+    return f"{mode}/{item.task.name}/{item.case.id}/{item.family}/{item.severity:g}/{item.seed}/{item.target}"
+
+
+def run_plan(
+    items: Sequence[PlanItem],
+    guard_for: Callable[[Task], BatchGuard],
+    *,
+    modes: Sequence[str] = ("constrained",),
+    chat: bool = False,
+    batch_size: int = 16,
+    concurrency: int | None = None,
+    done: Collection[str] = (),
+    sink: RowSink | None = None,
+) -> Iterator[Batch]:
+    """Run every planned item in every mode, except the work items whose key is in ``done``.
+
+    Work goes mode by mode, in plan order; consecutive items of one task go to ``guard_for(task)``
+    (called when the task's first batch runs, so a fully resumed run builds no guard) in batches
+    of ``max(batch_size, concurrency)``, with ``concurrency`` (default ``batch_size``) prompts in
+    flight. Each batch's rows are appended to ``sink`` and synced before the batch is yielded, so
+    a crash loses at most the batch in flight.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown decoding modes {unknown}; choose from {sorted(MODES)}")
+    pending = [(mode, item) for mode in modes for item in items if item_key(item, mode) not in done]
+    size = max(batch_size, concurrency or 1)
+    guards: dict[str, BatchGuard] = {}
+    for mode, task, batch in _batches(pending, size):
+        guard = guards.get(task.name) or guards.setdefault(task.name, guard_for(task))
+        prompts = [item.prompt(chat=chat) for item in batch]
+        results = guard.run_many(prompts, concurrency=concurrency or batch_size, **MODES[mode])
+        if len(results) != len(batch):
+            raise RuntimeError(f"run_many returned {len(results)} results for {len(batch)} prompts")
+        rows = [outcome_row(item, prompt, result, mode)
+                for item, prompt, result in zip(batch, prompts, results, strict=True)]
+        if sink is not None:
+            sink.append(rows)
+            sink.sync()
+        yield Batch(mode, task, rows)
+
+
+def _batches(pending: Sequence[tuple[str, PlanItem]], size: int) -> Iterator[tuple[str, Task, list[PlanItem]]]:
+    """Consecutive runs of the same mode and task, cut into batches of at most ``size``."""
+    group: list[PlanItem] = []
+    mode = ""
+    for entry_mode, item in pending:
+        if group and (entry_mode != mode or item.task is not group[0].task or len(group) >= size):
+            yield mode, group[0].task, group
+            group = []
+        mode = entry_mode
+        group.append(item)
+    if group:
+        yield mode, group[0].task, group
+
+
+class JsonLines:
+    """A ``RowSink`` that appends each row to a file as one JSON line, flushed at once.
+
+    Used as a context manager (``evaluate`` does), the file is closed at the end.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._handle: IO[str] | None = None
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("a", encoding="utf-8")
+        for row in rows:
+            self._handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            self._handle.flush()  # so a crashed or watched run has every finished row on disk
+
+    def sync(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> JsonLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def outcome_row(item: PlanItem, prompt: Prompt, result: Result[Any], mode: str = "constrained") -> RunRow:
+    """The outcome row for one planned prompt, run in ``mode``, and the guard's ``Result``."""
     attempts = list(result.attempts)
     tokens = [t for a in attempts if (t := a.tokens) is not None]
-    row = OutcomeRow(
+    row = RunRow(
         case_id=item.case.id,
         family=item.family,
         severity=item.severity,
@@ -282,6 +403,10 @@ def outcome_row(item: PlanItem, prompt: Prompt, result: Result[Any]) -> OutcomeR
         latency_s=sum(a.duration_s for a in attempts),
         tokens=sum(tokens) if tokens else None,
         error=None if result.error is None else str(result.error),
+        key=item_key(item, mode),
+        mode=mode,
+        issues=_last_issues(result),
+        endings=[a.ended for a in attempts],
     )
     # Per-field trust signals, when known (guardrail.confidence, guardrail.voting).
     confidence, agreement = getattr(result, "confidence", None), getattr(result, "agreement", None)
@@ -290,6 +415,17 @@ def outcome_row(item: PlanItem, prompt: Prompt, result: Result[Any]) -> OutcomeR
     if agreement is not None:
         row["agreement"] = dict(agreement)
     return row
+
+
+def _last_issues(result: Result[Any]) -> list[str]:
+    """The last failed attempt's issues as text (the row keeps only the final error otherwise)."""
+    attempts = list(result.attempts)
+    if result.ok and len(attempts) <= 1:
+        return []
+    failed = next((a for a in reversed(attempts) if a.issues or a.error), None)
+    if failed is None:
+        return []
+    return [str(i) for i in failed.issues] or ([failed.error] if failed.error else [])
 
 
 def _guards(source: GuardSource, suite: Suite) -> dict[str, BatchGuard]:

@@ -281,3 +281,12 @@ def test_docstring_examples_hold(module: str, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # examples name files relative to the repo root
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_canonical_family_accepts_aliases_case_and_dashes() -> None:
+    from guardrail.perturb import ALIASES, FAMILIES, canonical_family
+
+    assert all(canonical_family(alias) == name and name in FAMILIES for alias, name in ALIASES.items())
+    assert canonical_family("Word-Swap+OCR-Confusions") == "word_swap+ocr"
+    with pytest.raises(ValueError, match="unknown perturbation family 'sunspots'; choose from typos"):
+        canonical_family("typos+sunspots")

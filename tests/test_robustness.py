@@ -15,7 +15,7 @@ import pytest
 from guardrail.metrics import OutcomeRow, read_rows
 from guardrail.perturb import PRESERVING, CharTypos, check_preserved, gold_values
 from guardrail.result import Attempt, Result
-from guardrail.robustness import evaluate, plan
+from guardrail.robustness import JsonLines, evaluate, item_key, plan, run_plan
 from guardrail.suite import Suite, Task, load_suite
 
 SUITES = Path(__file__).resolve().parents[1] / "examples" / "suites"
@@ -276,6 +276,73 @@ def test_the_real_guard_plugs_in() -> None:
     )
     assert report.summary["clean"]["valid_at_1"]["value"] == 1.0
     assert all(r["output"] == json.loads(answer) for r in report.rows)
+
+
+# -- the runner that evaluate and the report share ---------------------------------------------------
+
+
+class ModeGuard(FunctionGuard):
+    """Records the options each batch was run with (``constrained=False`` for the unconstrained mode)."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__(model, retries=0)
+        self.options: list[dict[str, Any]] = []
+
+    def run_many(self, prompts: Sequence[Any], *, concurrency: int = 4, **options: Any) -> list[Result[Any]]:
+        self.options.append(options)
+        return super().run_many(prompts, concurrency=concurrency)
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def append(self, rows: Any) -> None:
+        self.events.append([r["key"] for r in rows])
+
+    def sync(self) -> None:
+        self.events.append("sync")
+
+
+def test_run_plan_skips_done_items_runs_each_mode_and_syncs_every_batch(snips: Suite) -> None:
+    one_task = Suite("one", [snips.tasks[0]])
+    items = plan(one_task, ["case"], [1.0])
+    keys = [item_key(i, m) for m in ("constrained", "unconstrained") for i in items]
+    guard = ModeGuard(copier(one_task))
+    built: list[str] = []
+
+    def guard_for(task: Task) -> ModeGuard:
+        built.append(task.name)
+        return guard
+
+    sink = ListSink()
+    done = set(keys[:3])
+    batches = list(run_plan(items, guard_for, modes=["constrained", "unconstrained"], batch_size=5, done=done,
+                            sink=sink))
+    rows = [r for b in batches for r in b.rows]
+    assert [r["key"] for r in rows] == keys[3:]  # plan order, done ones skipped
+    assert [b.mode for b in batches] == ["constrained"] * 3 + ["unconstrained"] * 4
+    assert guard.options[0] == {} and guard.options[-1] == {"constrained": False}
+    assert sink.events == [e for b in batches for e in ([r["key"] for r in b.rows], "sync")]
+    assert built == [one_task.tasks[0].name]  # one guard per task, built once
+    assert all(r["mode"] == r["key"].split("/")[0] and r["endings"] == ["valid"] and r["issues"] == [] for r in rows)
+    # Everything done: no guard is built at all (a fully resumed report never loads a model).
+    assert list(run_plan(items, guard_for, done=set(keys))) == [] and built == [one_task.tasks[0].name]
+    with pytest.raises(ValueError, match=r"unknown decoding modes \['greedy'\]"):
+        list(run_plan(items, guard_for, modes=["greedy"]))
+
+
+def test_rows_carry_the_last_failed_attempts_issues(tmp_path: Path) -> None:
+    suite = load_suite(SUITES / "invoice_contact.yaml")
+    contact = Suite("contact", [suite.task("contact")])
+    report = evaluate(FunctionGuard(lambda prompt: None, retries=1), contact, perturbations=["case"],
+                      severities=[1.0], n_boot=0, rows_path=tmp_path / "rows.jsonl")
+    row = report.rows[0]
+    assert row.get("endings") == ["invalid", "invalid"] and row.get("key", "").startswith("constrained/contact/")
+    with JsonLines(tmp_path / "more.jsonl") as sink:
+        sink.append([{"a": 1}])
+        sink.append([{"b": "é"}])
+    assert (tmp_path / "more.jsonl").read_text(encoding="utf-8") == '{"a": 1}\n{"b": "é"}\n'
 
 
 @pytest.mark.parametrize("module", ["guardrail.robustness"])

@@ -24,7 +24,8 @@ answer becomes "not known". It needs the gold output, so it has its own ``InfoRe
 
 Layout: ``_core`` holds the shared machinery (``Edit``, protected spans, ``Family``'s nested
 selection, ``Compose``), ``_families`` the answer-preserving families, ``_removal`` information
-removal, and ``guardrail._noise_data`` the tables they draw from. Import from here.
+removal, and ``guardrail._noise_data`` the tables they draw from. Import from here;
+``canonical_family`` turns the other spellings a user may type (``ALIASES``) into family names.
 
 >>> text, edits = perturb("Send the invoice to ann@example.com today", "typos", 1.0, seed=3)
 >>> "ann@example.com" in text
@@ -137,9 +138,43 @@ def perturb(
 _family = family  # ``perturb``'s parameter is called ``family``, as in the docs; this reaches the factory
 
 
+# -- names ----------------------------------------------------------------------------------------
+
+#: Other spellings accepted for family names (the CLI's names, plurals, long forms).
+ALIASES: dict[str, str] = {
+    "typo": "typos", "char_typos": "typos", "keyboard": "typos",
+    "ocr_confusions": "ocr", "ocr_confusion": "ocr",
+    "casing": "case", "case_noise": "case",
+    "distractors": "distractor",
+    "space": "whitespace", "spaces": "whitespace",
+    "punct": "punctuation",
+    "homoglyphs": "unicode", "homoglyph": "unicode",
+    "swap": "word_swap", "duplicate": "word_duplicate", "stopwords": "stopword_drop",
+    "info_removal": "info_removed", "removal": "info_removed",
+}  # fmt: skip
+
+
+def canonical_family(name: str) -> str:
+    """The name ``family`` knows for ``name``, accepting ``ALIASES``, any case and ``-`` for ``_``.
+
+    ``"a+b"`` compositions and ``"family.kind"`` selections keep their shape.
+
+    >>> canonical_family("Distractors"), canonical_family("typos.transpose"), canonical_family("ocr+case")
+    ('distractor', 'typos.transpose', 'ocr+case')
+    """
+    parts = []
+    for part in name.split("+"):
+        base, dot, kind = part.strip().lower().replace("-", "_").partition(".")
+        base = ALIASES.get(base, base)
+        if base not in FAMILIES:
+            raise ValueError(f"unknown perturbation family {part.strip()!r}; choose from {', '.join(FAMILIES)}")
+        parts.append(base + dot + kind)
+    return "+".join(parts)
+
+
 __all__ = [
-    "FAMILIES", "PRESERVING", "CaseNoise", "CharTypos", "Compose", "Distractors", "Edit", "Family",
+    "ALIASES", "FAMILIES", "PRESERVING", "CaseNoise", "CharTypos", "Compose", "Distractors", "Edit", "Family",
     "InfoRemoval", "OcrConfusions", "Perturbation", "Protect", "PunctuationNoise", "Removal", "Span",
     "StopwordDrop", "UnicodeNoise", "WhitespaceNoise", "WordDuplicate", "WordSwap", "apply_edits",
-    "check_preserved", "derive_seed", "family", "find_protected", "gold_values", "perturb",
+    "canonical_family", "check_preserved", "derive_seed", "family", "find_protected", "gold_values", "perturb",
 ]  # fmt: skip

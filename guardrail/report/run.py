@@ -1,9 +1,11 @@
 """The report job behind ``guardrail report``: plan, run (resumably), score, write three files.
 
-``run_report`` plans every prompt with ``guardrail.robustness.plan``, skips the ones a previous
-run of the same configuration already finished, sends the rest through one ``Guard`` per task in
-batches, appends each outcome row to ``OUT/results.jsonl`` as it arrives, and finally writes
-``report.json``, ``report.md`` and ``report.html`` from *all* the rows of the run.
+``run_report`` plans every prompt with ``guardrail.robustness.plan`` and runs them with the
+library's runner, ``guardrail.robustness.run_plan``, whose sink is the results store: prompts a
+previous run of the same configuration already finished are skipped, the rest go through one
+``Guard`` per task in batches, and each batch's outcome rows are appended to
+``OUT/results.jsonl`` as it returns. It finally writes ``report.json``, ``report.md`` and
+``report.html`` from *all* the rows of the run.
 
 Resume rules (the file handling lives in ``guardrail.report.store``):
 
@@ -32,23 +34,28 @@ uninterrupted one give the same metrics (given a deterministic model: greedy dec
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from guardrail.atomic import replacing, write_atomic
 from guardrail.errors import SuiteError
-from guardrail.perturb import FAMILIES
+from guardrail.perturb import canonical_family
 from guardrail.report.html import render_html
 from guardrail.report.json import build_report, write_json
 from guardrail.report.markdown import render_markdown
 from guardrail.report.store import Store
-from guardrail.robustness import PlanItem, outcome_row, plan
+from guardrail.robustness import item_key, plan, run_plan
 from guardrail.suite import Suite, Task, load_suite
+
+__all__ = ["DEFAULT_FAMILIES", "DEFAULT_SEEDS", "DEFAULT_SEVERITIES", "DEFAULT_SUITE_PLACES", "EXIT_FAIL_UNDER",
+           "EXIT_INTERRUPTED", "EXIT_OK", "Progress", "ReportRun", "canonical_family", "default_suite", "run_report",
+           "write_report"]  # canonical_family lives in guardrail.perturb
 
 #: Where the suite ``guardrail report`` runs when none is given may live: packaged inside a wheel
 #: (if the build force-includes it there), or in the source checkout's examples.
@@ -63,41 +70,9 @@ DEFAULT_SEEDS = 1
 #: Exit codes: success, score under ``fail_under``, interrupted (as a shell reports SIGINT).
 EXIT_OK, EXIT_FAIL_UNDER, EXIT_INTERRUPTED = 0, 3, 130
 
-#: Other spellings accepted for family names (the issue's CLI names, plurals, long forms).
-ALIASES: dict[str, str] = {
-    "typo": "typos", "char_typos": "typos", "keyboard": "typos",
-    "ocr_confusions": "ocr", "ocr_confusion": "ocr",
-    "casing": "case", "case_noise": "case",
-    "distractors": "distractor",
-    "space": "whitespace", "spaces": "whitespace",
-    "punct": "punctuation",
-    "homoglyphs": "unicode", "homoglyph": "unicode",
-    "swap": "word_swap", "duplicate": "word_duplicate", "stopwords": "stopword_drop",
-    "info_removal": "info_removed", "removal": "info_removed",
-}  # fmt: skip
-
 #: ``progress(done, total, label)``: rows finished so far (resumed ones included), rows planned,
 #: and what is running now.
 Progress = Callable[[int, int, str], None]
-
-
-def canonical_family(name: str) -> str:
-    """The ``guardrail.perturb`` name of a family, accepting aliases, case and ``-``.
-
-    ``"a+b"`` compositions and ``"family.kind"`` selections keep their shape.
-
-    >>> canonical_family("Distractors"), canonical_family("typos.transpose"), canonical_family("ocr+case")
-    ('distractor', 'typos.transpose', 'ocr+case')
-    """
-    parts = []
-    for part in name.split("+"):
-        base, dot, kind = part.strip().lower().replace("-", "_").partition(".")
-        base = ALIASES.get(base, base)
-        if base not in FAMILIES:
-            known = ", ".join(FAMILIES)
-            raise ValueError(f"unknown perturbation family {part.strip()!r}; choose from {known}")
-        parts.append(base + dot + kind)
-    return "+".join(parts)
 
 
 @dataclass
@@ -205,36 +180,25 @@ def run_report(
         config["backend"] = {k: v for k, v in backend_options.items() if k not in ("api_key", "headers")}
     store = Store.open(out_dir, config)
     items = plan(chosen, fams, sevs, seed_list, target)  # type: ignore[arg-type]
-    work = [(mode, item, item_key(mode, item)) for mode in modes for item in items]
-    position = {key: i for i, (_, _, key) in enumerate(work)}
+    position = {item_key(item, mode): i for i, (mode, item) in enumerate((m, it) for m in modes for it in items)}
     done = store.done & position.keys()
-    reused = len(done)
-    pending = [w for w in work if w[2] not in done]
-    total = len(work)
+    reused, total = len(done), len(position)
     if progress:
         progress(reused, total, "resumed" if reused else "starting")
     runner = _Runner(model, llm, retries, {**(guard_options or {}), **strategy_options}, backend_options or {})
     interrupted = False
     ran = 0
     try:
-        for mode, task, batch in _batches(pending, max(batch_size, concurrency or 1)):
-            prompts = [item.prompt(chat=use_chat) for _, item, _ in batch]
-            guard = runner.guard(task)
-            overrides = {"constrained": False} if mode == "unconstrained" else {}
-            results = guard.run_many(prompts, concurrency=concurrency or batch_size, **overrides)
-            rows = []
-            for (_, item, key), prompt, result in zip(batch, prompts, results, strict=True):
-                rows.append({**outcome_row(item, prompt, result), "key": key, "mode": mode, **_issues(result)})
-            store.append(rows)
-            store.sync()  # durable at each batch end: a crash loses at most the batch in flight
-            ran += len(rows)
+        for batch in run_plan(items, runner.guard, modes=modes, chat=use_chat, batch_size=batch_size,
+                              concurrency=concurrency, done=done, sink=store):
+            ran += len(batch.rows)
             if progress:
-                progress(reused + ran, total, f"{mode} · {task.name}")
+                progress(reused + ran, total, f"{batch.mode} · {batch.task.name}")
     except KeyboardInterrupt:
         interrupted = True
     finally:
         store.close()
-    return _finish(store, work, position, modes, chosen, runner, interrupted, reused, ran, fail_under, n_boot)
+    return _finish(store, position, modes, chosen, runner, interrupted, reused, ran, fail_under, n_boot)
 
 
 def _strategy_options(strategy: str, samples: int, temperature: float | None,
@@ -251,22 +215,16 @@ def _strategy_options(strategy: str, samples: int, temperature: float | None,
     return options
 
 
-def item_key(mode: str, item: PlanItem) -> str:
-    """The stable name of one planned prompt within a run (the resume key, with the config hash)."""
-    return f"{mode}/{item.task.name}/{item.case.id}/{item.family}/{item.severity:g}/{item.seed}/{item.target}"
-
-
-def _finish(store: Store, work: list[tuple[str, PlanItem, str]], position: dict[str, int], modes: list[str],
-            suite: Suite, runner: _Runner, interrupted: bool, reused: int, ran: int,
-            fail_under: float | None, n_boot: int) -> ReportRun:
+def _finish(store: Store, position: dict[str, int], modes: list[str], suite: Suite, runner: _Runner,
+            interrupted: bool, reused: int, ran: int, fail_under: float | None, n_boot: int) -> ReportRun:
     # Plan order, not arrival order: resumed and uninterrupted runs must score the same rows alike.
     rows = sorted((r for r in store.rows if r.get("key") in position), key=lambda r: position[str(r["key"])])
     unique = {str(r["key"]): r for r in reversed(rows)}  # the first copy of a key wins
     rows = sorted(unique.values(), key=lambda r: position[str(r["key"])])
-    complete = len(rows) == len(work)
-    hint = "" if complete else (f"{len(work) - len(rows)} prompts still to run: rerun the same command to resume "
+    complete = len(rows) == len(position)
+    hint = "" if complete else (f"{len(position) - len(rows)} prompts still to run: rerun the same command to resume "
                                 "(finished rows are kept).")
-    run_info: dict[str, Any] = {"rows_planned": len(work), "rows_done": len(rows), "complete": complete}
+    run_info: dict[str, Any] = {"rows_planned": len(position), "rows_done": len(rows), "complete": complete}
     if hint:
         run_info["resume_hint"] = hint
     if store.torn:
@@ -288,7 +246,7 @@ def _finish(store: Store, work: list[tuple[str, PlanItem, str]], position: dict[
         code = EXIT_OK
     return ReportRun(
         out_dir=store.out_dir, exit_code=code, score=score, complete=complete, interrupted=interrupted,
-        rows_planned=len(work), rows_done=len(rows), rows_reused=reused, rows_run=ran, config_hash=store.hash,
+        rows_planned=len(position), rows_done=len(rows), rows_reused=reused, rows_run=ran, config_hash=store.hash,
         torn=[str(t) for t in store.torn], moved_aside=list(store.moved_aside), files=files, resume_hint=hint,
         report=report,
     )
@@ -352,28 +310,6 @@ class _Runner:
         return info
 
 
-def _batches(pending: Sequence[tuple[str, PlanItem, str]],
-             size: int) -> Iterable[tuple[str, Task, list[tuple[str, PlanItem, str]]]]:
-    """Consecutive runs of the same mode and task, cut into batches (one guard per batch)."""
-    group: list[tuple[str, PlanItem, str]] = []
-    for entry in pending:
-        if group and (entry[0] != group[0][0] or entry[1].task is not group[0][1].task or len(group) >= size):
-            yield group[0][0], group[0][1].task, group
-            group = []
-        group.append(entry)
-    if group:
-        yield group[0][0], group[0][1].task, group
-
-
-def _issues(result: Any) -> dict[str, Any]:
-    """The last failed attempt's issues as text (outcome rows keep only the final error)."""
-    attempts = list(result.attempts)
-    failed = next((a for a in reversed(attempts) if a.issues or a.error), None)
-    issues = [] if failed is None else [str(i) for i in failed.issues] or ([failed.error] if failed.error else [])
-    return {"issues": issues if not result.ok or len(attempts) > 1 else [],
-            "endings": [a.ended for a in attempts]}
-
-
 def default_suite() -> Path:
     """The shipped SNIPS suite's path; ``SuiteError`` with the places looked in when it is missing."""
     found = next((p for p in DEFAULT_SUITE_PLACES if p.is_file()), None)
@@ -403,8 +339,7 @@ def _limit(suite: Suite, limit: int | None) -> Suite:
                 kept[task.name].append(task.cases[depth])
                 n += 1
         depth += 1
-    tasks = [Task(t.name, t.schema, t.instruction, t.examples, kept[t.name], t.template, t.example_template,
-                  t.schema_ref) for t in suite.tasks if kept[t.name]]
+    tasks = [dataclasses.replace(t, cases=kept[t.name]) for t in suite.tasks if kept[t.name]]
     return Suite(suite.name, tasks, suite.description, suite.source)
 
 
