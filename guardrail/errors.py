@@ -83,8 +83,11 @@ class TransportError(BackendError):
 
 
 class SuiteError(GuardrailError, ValueError):
-    """A robustness suite is malformed; the message names the file and the entry."""
+    """A robustness suite is malformed; the message names the file, the line when known, and the entry."""
 
-    def __init__(self, message: str, *, source: Any = None) -> None:
+    def __init__(self, message: str, *, source: Any = None, line: int | None = None) -> None:
         self.source = source
-        super().__init__(message if source is None else f"{source}: {message}")
+        self.line = line
+        where = ", ".join(part for part in (None if source is None else str(source),
+                                            None if line is None else f"line {line}") if part)
+        super().__init__(f"{where}: {message}" if where else message)

@@ -20,6 +20,13 @@ A suite file is YAML (format 1)::
         examples:                   # optional few-shot examples
           - input: ...
             output: {...}           # must validate against the schema
+        extractive: false           # optional: true when every string answer is copied verbatim
+                                    # from the input, or a list of JSON Pointers to the string
+                                    # leaves that are (each must name a leaf of the schema that
+                                    # holds a string or a list of strings), e.g. [/customer/name]
+        shots: 2                    # optional: each prompt shows the k examples nearest to its
+                                    # input (1 <= k <= the number of examples); by default every
+                                    # example is shown, in file order
         cases:
           - id: inv-001             # unique in the suite
             input: |
@@ -28,12 +35,15 @@ A suite file is YAML (format 1)::
             protect: [ACME-7]       # optional: strings no answer-preserving noise may edit
             note: ...               # optional, for people reading the suite
 
-A suite with a single task may put ``schema``, ``instruction``, ``examples`` and ``cases`` at
-the top level instead of under ``tasks`` (the task then takes the suite's name).
+A suite with a single task may put ``schema``, ``instruction``, ``examples``, ``extractive``,
+``shots`` and ``cases`` at the top level instead of under ``tasks`` (the task then takes the
+suite's name).
 
-The loader reads YAML with core-schema scalars only: ``2024-03-01``, ``12:30`` and ``no`` stay
-strings (plain YAML 1.1 would turn them into a date, 750 and false). Every problem raises
-``SuiteError`` naming the file, the task and the case.
+The format is defined by pydantic models (``guardrail.suite_format``: unknown keys are refused)
+and ``suite_json_schema()`` publishes it as a JSON Schema for editors. The loader reads YAML
+with core-schema scalars only: ``2024-03-01``, ``12:30`` and ``no`` stay strings (plain YAML 1.1
+would turn them into a date, 750 and false). Every problem raises ``SuiteError`` naming the
+file, the line, the task and the case.
 
 ``build_snips_suite`` makes the shipped ``examples/suites/snips.yaml`` from the SNIPS train
 split (never the test split); regenerate it with::
@@ -50,14 +60,31 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from guardrail.errors import SchemaError, SuiteError
+from guardrail.leaves import leaf_schemas
 from guardrail.perturb import derive_seed
 from guardrail.schema import Schema
-from guardrail.schema_walk import join_pointer, walk
+from guardrail.schema_walk import Refs, join_pointer, split_pointer, walk
+from guardrail.suite_format import (
+    SHORTHAND,
+    CaseEntry,
+    Lines,
+    Loc,
+    SuiteFile,
+    TaskEntry,
+    shape_problem,
+    suite_json_schema,
+)
+
+__all__ = ["DEFAULT_EXAMPLE_TEMPLATE", "DEFAULT_TEMPLATE", "Case", "Example", "SnipsRow", "Suite", "Task",
+           "build_snips_suite", "load_snips", "load_suite", "parse_suite", "snips_schemas", "suite_json_schema"]
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 DEFAULT_TEMPLATE = "{instruction}\n\n{examples}Text: {input}\nJSON:"
 DEFAULT_EXAMPLE_TEMPLATE = "Text: {input}\nJSON: {output}\n\n"
@@ -109,6 +136,11 @@ class Task:
     example_template: str = DEFAULT_EXAMPLE_TEMPLATE
     #: The schema as the file gave it (a name or path), or ``None`` when it was inline.
     schema_ref: str | None = None
+    #: Whether answers are copied verbatim from the input: ``True`` for every string field, or the
+    #: JSON Pointers of the string leaves that are; ``False`` when the suite does not say.
+    extractive: bool | list[str] = False
+    #: How many few-shot examples each prompt shows, the nearest to its input; ``None``: all of them.
+    shots: int | None = None
 
     def render(self, input_text: str, *, instruction: str | None = None) -> str:
         """The prompt for one input: the template with its slots filled (no ``str.format``, so
@@ -155,6 +187,10 @@ class Task:
             out["example_template"] = self.example_template
         if self.examples:
             out["examples"] = [{"input": e.input, "output": e.output} for e in self.examples]
+        if self.extractive:
+            out["extractive"] = self.extractive if isinstance(self.extractive, bool) else list(self.extractive)
+        if self.shots is not None:
+            out["shots"] = self.shots
         out["cases"] = [_case_dict(c) for c in self.cases]
         return out
 
@@ -205,7 +241,7 @@ class Suite:
         Path(path).write_text(comment + text, encoding="utf-8")
 
 
-# -- reading suite files ------------------------------------------------------------------------
+# -- YAML ---------------------------------------------------------------------------------------
 
 
 class _Loader(yaml.SafeLoader):
@@ -251,24 +287,11 @@ _Dumper.add_representer(str, _represent_str)
 _Dumper.add_representer(list, _represent_list)
 _Dumper.add_representer(dict, _represent_dict)
 
-_SUITE_KEYS = {
-    "version",
-    "name",
-    "description",
-    "template",
-    "example_template",
-    "tasks",
-    "schema",
-    "instruction",
-    "examples",
-    "cases",
-}
-_TASK_KEYS = {"name", "description", "schema", "instruction", "template", "example_template", "examples", "cases"}
-_CASE_KEYS = {"id", "input", "gold", "protect", "note"}
+# -- reading suite files ------------------------------------------------------------------------
 
 
 def load_suite(path: str | Path) -> Suite:
-    """Read and check a suite file.
+    """Read and check a suite file; every ``SuiteError`` names the file and the line.
 
     >>> load_suite("examples/suites/snips.yaml").name
     'snips'
@@ -278,13 +301,17 @@ def load_suite(path: str | Path) -> Suite:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SuiteError(f"cannot read the suite: {exc.strerror or exc}", source=path) from exc
+    loader = _Loader(text)  # a SafeLoader
     try:
-        document = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+        node = loader.get_single_node()
+        document = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SuiteError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}", source=path) from exc
-    return parse_suite(document, source=str(path), base_dir=path.parent)
+    finally:
+        loader.dispose()
+    return _Reader(str(path), path.parent, Lines(node)).suite(document)
 
 
 def parse_suite(document: Any, *, source: str = "<suite>", base_dir: str | Path = ".") -> Suite:
@@ -294,133 +321,148 @@ def parse_suite(document: Any, *, source: str = "<suite>", base_dir: str | Path 
     ...              "cases": [{"id": "a", "input": "x", "gold": {}}]}).tasks[0].name
     's'
     """
-
-    def fail(message: str) -> SuiteError:
-        return SuiteError(message, source=source)
-
-    if not isinstance(document, Mapping):
-        raise fail(f"a suite must be a mapping with 'name' and 'tasks', got {type(document).__name__}")
-    _check_keys(document, _SUITE_KEYS, "the suite", fail)
-    if document.get("version", 1) != 1:
-        raise fail(f"unknown suite version {document['version']!r}; this guardrail reads version 1")
-    name = _text(document, "name", "the suite", fail)
-    if "tasks" in document:
-        stray = sorted({"schema", "instruction", "examples", "cases"} & set(document))
-        if stray:
-            raise fail(f"{stray} belong inside a task when the suite has 'tasks'")
-        raw_tasks = document["tasks"]
-        if not isinstance(raw_tasks, list) or not raw_tasks:
-            raise fail("'tasks' must be a non-empty list")
-    else:
-        raw_tasks = [
-            {k: document[k] for k in ("schema", "instruction", "examples", "cases") if k in document} | {"name": name}
-        ]
-    defaults = {k: document[k] for k in ("template", "example_template") if k in document}
-    tasks: list[Task] = []
-    seen_cases: dict[str, str] = {}
-    for index, raw in enumerate(raw_tasks):
-        task = _parse_task(raw, index, defaults, Path(base_dir), fail)
-        if any(t.name == task.name for t in tasks):
-            raise fail(f"task {task.name!r} appears twice")
-        for case in task.cases:
-            if case.id in seen_cases:
-                raise fail(f"task {task.name!r}, case {case.id!r}: id already used in task {seen_cases[case.id]!r}")
-            seen_cases[case.id] = task.name
-        tasks.append(task)
-    description = document.get("description", "")
-    if not isinstance(description, str):
-        raise fail("'description' must be a string")
-    return Suite(name=name, tasks=tasks, description=description, source=source)
+    return _Reader(source, Path(base_dir), None).suite(document)
 
 
-def _parse_task(raw: Any, index: int, defaults: Mapping[str, Any], base_dir: Path, fail: Any) -> Task:
-    where = f"task #{index + 1}"
-    if not isinstance(raw, Mapping):
-        raise fail(f"{where} must be a mapping, got {type(raw).__name__}")
-    name = _text(raw, "name", where, fail)
-    where = f"task {name!r}"
-    _check_keys(raw, _TASK_KEYS, where, fail)
-    if "schema" not in raw:
-        raise fail(f"{where}: 'schema' is missing (a schema name, a path to a .json file, or the schema inline)")
-    schema, ref = _resolve_schema(raw["schema"], name, base_dir, where, fail)
-    instruction = _text(raw, "instruction", where, fail)
-    template = raw.get("template", defaults.get("template", DEFAULT_TEMPLATE))
-    example_template = raw.get("example_template", defaults.get("example_template", DEFAULT_EXAMPLE_TEMPLATE))
-    if not isinstance(template, str) or "{input}" not in template:
-        raise fail(f"{where}: the template must be a string with an {{input}} slot")
-    if not isinstance(example_template, str):
-        raise fail(f"{where}: 'example_template' must be a string")
-    examples = []
-    for i, ex in enumerate(raw.get("examples") or []):
-        if not isinstance(ex, Mapping) or set(ex) != {"input", "output"} or not isinstance(ex["input"], str):
-            raise fail(f"{where}, example #{i + 1}: expected a mapping with a string 'input' and an 'output'")
-        _check_gold(schema, ex["output"], f"{where}, example #{i + 1}: the output", fail)
-        examples.append(Example(ex["input"], ex["output"]))
-    raw_cases = raw.get("cases")
-    if not isinstance(raw_cases, list) or not raw_cases:
-        raise fail(f"{where}: 'cases' must be a non-empty list")
-    cases = [_parse_case(c, i, schema, where, fail) for i, c in enumerate(raw_cases)]
-    return Task(name, schema, instruction, examples, cases, template, example_template, ref)
+class _Reader:
+    """Checks one suite document: its shape (``guardrail.suite_format``), then what needs the schemas."""
+
+    def __init__(self, source: str, base_dir: Path, lines: Lines | None) -> None:
+        self.source, self.base_dir, self.lines = source, base_dir, lines
+
+    def fail(self, message: str, loc: Loc | None = None) -> SuiteError:
+        line = self.lines.line(loc) if self.lines is not None and loc is not None else None
+        return SuiteError(message, source=self.source, line=line)
+
+    def suite(self, document: Any) -> Suite:
+        if not isinstance(document, Mapping):
+            raise self.fail(f"a suite must be a mapping with 'name' and 'tasks', got {type(document).__name__}", ())
+        stray = [k for k in SHORTHAND if k in document]
+        if "tasks" in document and stray:
+            raise self.fail(f"{stray} belong inside a task when the suite has 'tasks'", (stray[0],))
+        if document.get("version", 1) != 1:
+            raise self.fail(f"unknown suite version {document['version']!r}; this guardrail reads version 1",
+                            ("version",))
+        parsed = self.validate(SuiteFile, document, document)
+        entries: list[tuple[TaskEntry, Loc]]
+        if parsed.tasks is not None:
+            entries = [(entry, ("tasks", i)) for i, entry in enumerate(parsed.tasks)]
+        else:
+            shorthand = {"name": parsed.name, **{k: document[k] for k in SHORTHAND if k in document}}
+            entries = [(self.validate(TaskEntry, shorthand, document), ())]
+        defaults = {"template": parsed.template, "example_template": parsed.example_template}
+        tasks: list[Task] = []
+        seen_cases: dict[str, str] = {}
+        for entry, loc in entries:
+            task = self.task(entry, loc, defaults)
+            if any(t.name == task.name for t in tasks):
+                raise self.fail(f"task {task.name!r} appears twice", (*loc, "name"))
+            for index, case in enumerate(task.cases):
+                if case.id in seen_cases:
+                    raise self.fail(f"task {task.name!r}, case {case.id!r}: id already used in task "
+                                    f"{seen_cases[case.id]!r}", (*loc, "cases", index, "id"))
+                seen_cases[case.id] = task.name
+            tasks.append(task)
+        return Suite(name=parsed.name, tasks=tasks, description=parsed.description, source=self.source)
+
+    def validate(self, model: type[_Model], data: Any, document: Any) -> _Model:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise self.shape_error(exc, document) from None
+
+    def shape_error(self, exc: ValidationError, document: Any) -> SuiteError:
+        message, loc = shape_problem(exc, document)
+        return self.fail(message, loc)
+
+    def task(self, entry: TaskEntry, loc: Loc, defaults: Mapping[str, str | None]) -> Task:
+        where = f"task {entry.name!r}"
+        schema, ref = self.schema(entry.schema_, entry.name, where, (*loc, "schema"))
+        template = entry.template or defaults["template"] or DEFAULT_TEMPLATE
+        example_template = entry.example_template or defaults["example_template"] or DEFAULT_EXAMPLE_TEMPLATE
+        if "{input}" not in template:
+            raise self.fail(f"{where}: the template must be a string with an {{input}} slot",
+                            (*loc, "template") if entry.template else ("template",))
+        examples = []
+        for i, ex in enumerate(entry.examples or []):
+            self.check_gold(schema, ex.output, f"{where}, example #{i + 1}: the output", (*loc, "examples", i, "output"))
+            examples.append(Example(ex.input, ex.output))
+        cases = [self.case(c, schema, where, (*loc, "cases", i)) for i, c in enumerate(entry.cases)]
+        extractive: bool | list[str] = entry.extractive
+        if isinstance(extractive, list):
+            self.check_extractive(extractive, schema, where, (*loc, "extractive"))
+        if entry.shots is not None and entry.shots > len(examples):
+            have = f"{len(examples)} example{'' if len(examples) == 1 else 's'}"
+            raise self.fail(f"{where}: 'shots' is {entry.shots} but the task has only {have}", (*loc, "shots"))
+        return Task(entry.name, schema, entry.instruction, examples, cases, template, example_template, ref,
+                    extractive=extractive, shots=entry.shots)
+
+    def case(self, entry: CaseEntry, schema: Schema, task_where: str, loc: Loc) -> Case:
+        case_id = str(entry.id)
+        where = f"{task_where}, case {case_id!r}"
+        self.check_gold(schema, entry.gold, f"{where}: the gold output", (*loc, "gold"))
+        protect = entry.protect or []
+        missing = [p for p in protect if p not in entry.input]
+        if missing:
+            raise self.fail(f"{where}: protected strings {missing} do not occur in the input", (*loc, "protect"))
+        return Case(case_id, entry.input, entry.gold, tuple(protect), entry.note)
+
+    def schema(self, raw: str | dict[str, Any], task: str, where: str, loc: Loc) -> tuple[Schema, str | None]:
+        try:
+            if isinstance(raw, Mapping):
+                return Schema.load(dict(raw), name=task), None
+            beside = self.base_dir / (raw if raw.endswith(".json") else f"{raw}.json")
+            if beside.is_file() or raw.endswith(".json") or "/" in raw:
+                return Schema.load(beside), raw
+            return Schema.load(raw), raw
+        except SchemaError as exc:
+            raise self.fail(f"{where}: {exc}", loc) from exc
+
+    def check_gold(self, schema: Schema, value: Any, where: str, loc: Loc) -> None:
+        errors = sorted(schema.validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
+        if errors:
+            first = errors[0]
+            pointer = join_pointer(first.absolute_path) or "/"
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise self.fail(f"{where} does not match the schema at {pointer}: {first.message}{more}",
+                            (*loc, *first.absolute_path))
+
+    def check_extractive(self, pointers: list[str], schema: Schema, where: str, loc: Loc) -> None:
+        leaves = leaf_schemas(schema.json_schema)
+        refs = Refs(schema.json_schema)
+        for index, pointer in enumerate(pointers):
+            try:
+                split_pointer(pointer)
+            except ValueError as exc:
+                raise self.fail(f"{where}: 'extractive': {exc}", (*loc, index)) from None
+            if pointer not in leaves:
+                raise self.fail(f"{where}: 'extractive' names {pointer!r}, which is not a leaf of the schema "
+                                f"(its leaves: {', '.join(leaves)})", (*loc, index))
+            if not _holds_text(leaves[pointer], refs):
+                raise self.fail(f"{where}: 'extractive' names {pointer!r}, which holds no text to copy from the "
+                                "input (a string, or a list of strings)", (*loc, index))
 
 
-def _parse_case(raw: Any, index: int, schema: Schema, task_where: str, fail: Any) -> Case:
-    if not isinstance(raw, Mapping):
-        raise fail(f"{task_where}, case #{index + 1}: must be a mapping, got {type(raw).__name__}")
-    case_id = raw.get("id")
-    if not isinstance(case_id, (str, int)) or isinstance(case_id, bool) or str(case_id) == "":
-        raise fail(f"{task_where}, case #{index + 1}: 'id' is missing or not a string")
-    where = f"{task_where}, case {str(case_id)!r}"
-    _check_keys(raw, _CASE_KEYS, where, fail)
-    text = _text(raw, "input", where, fail)
-    if "gold" not in raw:
-        raise fail(f"{where}: 'gold' is missing (the output the model should give)")
-    _check_gold(schema, raw["gold"], f"{where}: the gold output", fail)
-    protect = raw.get("protect") or []
-    if not isinstance(protect, list) or not all(isinstance(p, str) and p for p in protect):
-        raise fail(f"{where}: 'protect' must be a list of non-empty strings")
-    missing = [p for p in protect if p not in text]
-    if missing:
-        raise fail(f"{where}: protected strings {missing} do not occur in the input")
-    note = raw.get("note", "")
-    if not isinstance(note, str):
-        raise fail(f"{where}: 'note' must be a string")
-    return Case(str(case_id), text, raw["gold"], tuple(protect), note)
-
-
-def _resolve_schema(raw: Any, task: str, base_dir: Path, where: str, fail: Any) -> tuple[Schema, str | None]:
-    try:
-        if isinstance(raw, Mapping):
-            return Schema.load(dict(raw), name=task), None
-        if not isinstance(raw, str) or not raw:
-            raise fail(f"{where}: 'schema' must be a name, a path or a mapping, got {type(raw).__name__}")
-        beside = base_dir / (raw if raw.endswith(".json") else f"{raw}.json")
-        if beside.is_file() or raw.endswith(".json") or "/" in raw:
-            return Schema.load(beside), raw
-        return Schema.load(raw), raw
-    except SchemaError as exc:
-        raise fail(f"{where}: {exc}") from exc
-
-
-def _check_gold(schema: Schema, value: Any, where: str, fail: Any) -> None:
-    errors = sorted(schema.validator.iter_errors(value), key=lambda e: list(e.absolute_path))
-    if errors:
-        first = errors[0]
-        pointer = join_pointer(first.absolute_path) or "/"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise fail(f"{where} does not match the schema at {pointer}: {first.message}{more}")
-
-
-def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str, fail: Any) -> None:
-    unknown = sorted(set(map(str, raw)) - allowed)
-    if unknown:
-        raise fail(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
-
-
-def _text(raw: Mapping[str, Any], key: str, where: str, fail: Any) -> str:
-    value = raw.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise fail(f"{where}: {key!r} must be a non-empty string")
-    return value
+def _holds_text(node: Any, refs: Refs, depth: int = 0) -> bool:
+    """Whether a leaf's values can be strings (or lists of them): what an extractive answer copies."""
+    followed = refs.follow(node)
+    node = followed[0] if followed is not None else {}
+    if not isinstance(node, Mapping) or depth > 8:
+        return node is True or depth > 8
+    if "const" in node:
+        return isinstance(node["const"], str)
+    if isinstance(node.get("enum"), list):
+        return any(isinstance(v, str) for v in node["enum"])
+    branches = [*(node.get("anyOf") or []), *(node.get("oneOf") or [])]
+    if any(_holds_text(b, refs, depth + 1) for b in branches):
+        return True
+    types = node.get("type")
+    names = {types} if isinstance(types, str) else set(types) if isinstance(types, list) else None
+    if names is None:
+        return not branches  # any value, strings included
+    if "string" in names:
+        return True
+    return "array" in names and _holds_text(node.get("items", True), refs, depth + 1)
 
 
 def _fill(template: str, slots: Mapping[str, str]) -> str:

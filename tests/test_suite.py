@@ -15,7 +15,17 @@ import yaml
 from guardrail.errors import SuiteError
 from guardrail.perturb import gold_values
 from guardrail.schema import Schema
-from guardrail.suite import Case, Example, Suite, Task, build_snips_suite, load_snips, load_suite, parse_suite
+from guardrail.suite import (
+    Case,
+    Example,
+    Suite,
+    Task,
+    build_snips_suite,
+    load_snips,
+    load_suite,
+    parse_suite,
+    suite_json_schema,
+)
 
 SUITES = Path(__file__).resolve().parents[1] / "examples" / "suites"
 
@@ -162,6 +172,89 @@ def test_bad_suites_say_which_file_and_case(tmp_path: Path, change: Any, message
     assert str(info.value).startswith(str(path))
 
 
+def test_an_unknown_key_names_the_task_the_case_and_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, broken(lambda d: case(d, 1).update(gold_output={"name": "Cy"})))
+    lines = path.read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if "gold_output" in text)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    # The misspelled key is reported, not the "gold" it leaves missing.
+    assert str(info.value) == (
+        f"{path}, line {line}: task 'person', case 'p2': unknown keys ['gold_output']; "
+        "allowed: ['gold', 'id', 'input', 'note', 'protect']"
+    )
+    assert info.value.line == line and info.value.source == str(path)
+
+
+def test_lines_point_at_the_offending_value(tmp_path: Path) -> None:
+    path = write(tmp_path, textwrap.dedent("""\
+        name: people
+        tasks:
+          - name: person
+            schema: {type: object, properties: {tags: {type: array, items: {type: string}}}}
+            instruction: Tags?
+            cases:
+              - id: c1
+                input: a b
+                gold:
+                  tags:
+                    - a
+                    - 7
+              - id: c2
+                input: x
+                gold: {}
+        """))
+    with pytest.raises(SuiteError, match=r", line 12: task 'person', case 'c1': the gold output does not match the "
+                                         r"schema at /tags/1: 7 is not of type 'string'"):
+        load_suite(path)
+    path.write_text(path.read_text().replace("- 7", "- b").replace("        gold: {}\n", ""))
+    with pytest.raises(SuiteError, match=r", line 13: task 'person', case 'c2': 'gold' is missing"):
+        load_suite(path)  # a missing key: the line where its mapping starts
+
+
+def test_extractive_and_shots_are_checked_kept_and_written_back(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {
+        "name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "age": {"type": "integer"}, "who": {"$ref": "#/$defs/who"}},
+        "$defs": {"who": {"type": "object", "properties": {"first": {"type": ["string", "null"]}}}}}
+    document = {"name": "s", "schema": schema, "instruction": "Go.", "extractive": ["/name", "/tags", "/who/first"],
+                "shots": 2, "examples": [{"input": "a", "output": {}}, {"input": "b", "output": {}}],
+                "cases": [{"id": "c", "input": "x", "gold": {}}]}
+    task = parse_suite(document).tasks[0]
+    assert task.extractive == ["/name", "/tags", "/who/first"] and task.shots == 2
+    again = load_suite(write(tmp_path, parse_suite(document).to_dict())).tasks[0]
+    assert (again.extractive, again.shots) == (task.extractive, task.shots)
+    plain = parse_suite({**document, "extractive": True, "shots": None}).tasks[0]
+    assert plain.extractive is True and plain.shots is None and "shots" not in plain.to_dict()
+    default = parse_suite({k: v for k, v in document.items() if k not in ("extractive", "shots")}).tasks[0]
+    assert default.extractive is False and default.shots is None and "extractive" not in default.to_dict()
+
+    for change, message in [
+        ({"extractive": ["/age"]}, r"'extractive' names '/age', which holds no text"),
+        ({"extractive": ["/who"]}, r"'extractive' names '/who', which is not a leaf of the schema \(its leaves: "
+                                   r"/name, /tags, /age, /who/first\)"),
+        ({"extractive": ["name"]}, r"'extractive': 'name' is not a JSON Pointer"),
+        ({"extractive": "yes"}, r"'extractive' must be true, false or a list of JSON Pointers"),
+        ({"shots": 3}, r"task 's': 'shots' is 3 but the task has only 2 examples"),
+        ({"shots": 0}, r"'shots' must be a whole number of at least 1"),
+        ({"shots": True}, r"'shots' must be a whole number of at least 1, got a boolean"),
+    ]:
+        with pytest.raises(SuiteError, match=message):
+            parse_suite({**document, **change})
+
+
+def test_the_published_json_schema_accepts_the_shipped_suites_and_refuses_unknown_keys() -> None:
+    import jsonschema
+
+    schema = suite_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for name in ("snips.yaml", "invoice_contact.yaml"):
+        jsonschema.validate(yaml.safe_load((SUITES / name).read_text(encoding="utf-8")), schema)
+    with pytest.raises(jsonschema.ValidationError, match="'gold_output' was unexpected"):
+        jsonschema.validate(broken(lambda d: case(d, 0).update(gold_output={})), schema)
+    assert json.loads(json.dumps(schema)) == schema
+
+
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(SuiteError, match="cannot read the suite"):
         load_suite(tmp_path / "missing.yaml")
@@ -269,7 +362,7 @@ def test_protected_terms_are_schema_keys_and_enum_values() -> None:
     assert "Line items" not in terms  # descriptions are prose, not terms
 
 
-@pytest.mark.parametrize("module", ["guardrail.suite"])
+@pytest.mark.parametrize("module", ["guardrail.suite", "guardrail.suite_format"])
 def test_docstring_examples_hold(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # examples name files relative to the repo root
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
