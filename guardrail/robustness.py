@@ -315,12 +315,18 @@ def run_plan(
     if unknown:
         raise ValueError(f"unknown decoding modes {unknown}; choose from {sorted(MODES)}")
     pending = [(mode, item) for mode in modes for item in items if item_key(item, mode) not in done]
-    size = max(batch_size, concurrency or 1)
+    # Checked above, run below: bad arguments fail at the call, not at the first batch.
+    return _run(pending, guard_for, chat, max(batch_size, concurrency or 1), concurrency or batch_size, sink)
+
+
+def _run(pending: Sequence[tuple[str, PlanItem]], guard_for: Callable[[Task], BatchGuard], chat: bool, size: int,
+         concurrency: int, sink: RowSink | None) -> Iterator[Batch]:
     guards: dict[str, BatchGuard] = {}
     for mode, task, batch in _batches(pending, size):
-        guard = guards.get(task.name) or guards.setdefault(task.name, guard_for(task))
+        if task.name not in guards:
+            guards[task.name] = guard_for(task)
         prompts = [item.prompt(chat=chat) for item in batch]
-        results = guard.run_many(prompts, concurrency=concurrency or batch_size, **MODES[mode])
+        results = guards[task.name].run_many(prompts, concurrency=concurrency, **MODES[mode])
         if len(results) != len(batch):
             raise RuntimeError(f"run_many returned {len(results)} results for {len(batch)} prompts")
         rows = [outcome_row(item, prompt, result, mode)

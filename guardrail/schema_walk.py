@@ -212,7 +212,7 @@ class SchemaNode(NamedTuple):
     parent: str | None
 
 
-def walk(root: Any, *, unknown: bool = True, definitions: bool = True) -> Iterator[SchemaNode]:
+def walk(root: Any, *, unknown: bool = True) -> Iterator[SchemaNode]:
     """Every schema object in ``root``, root first, depth first in key order; ``$ref`` is not followed.
 
     Iterative, so a deeply nested schema cannot exhaust the stack. ``unknown`` (default true) also
@@ -226,7 +226,7 @@ def walk(root: Any, *, unknown: bool = True, definitions: bool = True) -> Iterat
         yield node
         children = [
             SchemaNode(node.pointer + join_pointer(path), sub, node.pointer)
-            for path, sub in subschemas(node.schema, unknown=unknown, definitions=definitions)
+            for path, sub in subschemas(node.schema, unknown=unknown)
             if isinstance(sub, Mapping)
         ]
         stack.extend(reversed(children))
@@ -234,13 +234,14 @@ def walk(root: Any, *, unknown: bool = True, definitions: bool = True) -> Iterat
 
 # -- $ref ----------------------------------------------------------------------------------------
 
+
 class Refs:
     """``$ref`` resolution inside one schema document, through ``referencing``.
 
     ``registry`` and ``specification`` default to an empty registry (so no reference outside the
     document resolves, and nothing is fetched) and the dialect ``$schema`` names (2020-12 when it
-    names none). ``guardrail.schema.Schema.refs_resolver`` builds one with the schema's own
-    ``refs=`` documents.
+    names none); ``guardrail.schema`` passes its own registry (the ``refs=`` documents and the
+    drafts' metaschemas) when it looks for ``$ref`` loops.
 
     >>> refs = Refs({"$defs": {"a": {"type": "string"}}, "properties": {"x": {"$ref": "#/$defs/a", "title": "X"}}})
     >>> refs.follow(refs.root["properties"]["x"])[0]

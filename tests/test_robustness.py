@@ -329,7 +329,7 @@ def test_run_plan_skips_done_items_runs_each_mode_and_syncs_every_batch(snips: S
     # Everything done: no guard is built at all (a fully resumed report never loads a model).
     assert list(run_plan(items, guard_for, done=set(keys))) == [] and built == [one_task.tasks[0].name]
     with pytest.raises(ValueError, match=r"unknown decoding modes \['greedy'\]"):
-        list(run_plan(items, guard_for, modes=["greedy"]))
+        run_plan(items, guard_for, modes=["greedy"])  # at the call, before any batch
 
 
 def test_rows_carry_the_last_failed_attempts_issues(tmp_path: Path) -> None:
