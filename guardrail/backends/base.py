@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -70,10 +71,14 @@ class Backend(ABC):
     ``batches`` true means ``generate`` runs a list of prompts in one batched call, so
     ``Guard.run_many`` hands it whole batches; otherwise prompts go one per call, concurrently.
     ``wants_instructions`` true means the guard adds its system prompt (the task and the schema
-    in a compact form); a user's own callable gets the prompt untouched.
+    in a compact form); a user's own callable gets the prompt untouched. ``queues`` true means the
+    backend takes prompts one by one through ``submit`` into a running batch of its own
+    (continuous batching): the guard then submits every attempt as soon as its prompt needs one,
+    so re-asks join the batch beside new prompts.
     """
 
     batches: bool = False
+    queues: bool = False
     wants_instructions: bool = True
 
     def prepare(self, schema: Schema) -> None:  # noqa: B027 - optional hook
@@ -86,6 +91,10 @@ class Backend(ABC):
     async def agenerate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
         """Async twin of ``generate``; by default it runs ``generate`` in a worker thread."""
         return await asyncio.to_thread(self.generate, prompts, schema, sampling)
+
+    def submit(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> Future[Generation]:
+        """Queue one prompt (backends with ``queues``); the future resolves to its ``Generation``."""
+        raise NotImplementedError(f"{type(self).__name__} does not queue prompts; call generate()")
 
     def describe(self) -> dict[str, Any]:
         """Name and versions, recorded in reports."""

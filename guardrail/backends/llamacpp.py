@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardrail.backends.base import Backend, Generation, Prompt, Sampling
-from guardrail.backends.local import DEFAULT_STRING_CAP, SEPARATORS, EngineRefused, decoding_schema
+from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, SEPARATORS, decoding_schema
+from guardrail.backends.local.engines import EngineRefused
 from guardrail.backends.loops import ends_in_loop
 from guardrail.errors import BackendError
 

@@ -87,7 +87,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from guardrail.backends.base import Backend, Generation, Prompt, Sampling
-from guardrail.backends.local import DEFAULT_STRING_CAP, decoding_schema
+from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, decoding_schema
 from guardrail.errors import BackendError, TransportError
 
 if TYPE_CHECKING:
