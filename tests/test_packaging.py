@@ -14,9 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 #: An install command for one of our extras, as the package prints it: pip install 'NAME[extra]'.
 INSTALL_HINT = re.compile(r"pip install '([A-Za-z0-9._-]+)\[")
-#: The lead engineer rewrites LOCAL_HINT (guardrail/backends/local*) while splitting that module
-#: (issue 18); the old spelling is tolerated until then and this entry goes with it.
-PENDING_HINTS = {"pip install 'guardrail[local]'"}
 
 
 def quickstart_commands() -> list[str]:
@@ -73,8 +70,6 @@ def test_every_install_hint_names_the_distribution() -> None:
     wrong = []
     for path in places:
         text = path.read_text(encoding="utf-8")
-        for pending in PENDING_HINTS:
-            text = text.replace(pending, "")
         wrong += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in INSTALL_HINT.finditer(text) if m.group(1) != name]
     assert not wrong, wrong
     assert f"pip install '{name}[llamacpp]'" in (ROOT / "README.md").read_text(encoding="utf-8")

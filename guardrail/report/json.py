@@ -50,7 +50,7 @@ from guardrail.metrics import CLEAN, family_key, field_counts, flatten, row_valu
 
 FORMAT = "guardrail-report/1"
 #: Packages whose versions a report records.
-VERSIONED = ("guardrail", "torch", "transformers", "outlines", "outlines_core", "llguidance", "xgrammar")
+VERSIONED = ("torch", "transformers", "outlines", "outlines_core", "llguidance", "xgrammar")
 
 
 def versions() -> dict[str, str | None]:
@@ -61,7 +61,9 @@ def versions() -> dict[str, str | None]:
     >>> versions()["guardrail"] is not None
     True
     """
-    out: dict[str, str | None] = {"python": platform.python_version()}
+    from guardrail import __version__  # the distribution is named guardrail-llm: ask the package itself
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "guardrail": __version__}
     for name in VERSIONED:
         try:
             out[name] = version(name)

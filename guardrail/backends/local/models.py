@@ -20,7 +20,7 @@ from guardrail.errors import BackendError
 
 __all__ = ["LOCAL_HINT", "LoadedModel", "load", "loaded", "resolve_device", "unload_models"]
 
-LOCAL_HINT = "pip install 'guardrail[local]'"
+LOCAL_HINT = "pip install 'guardrail-llm[local]'"
 
 
 @dataclass
