@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from guardrail.schema import Schema
 
-#: A prompt is plain text or a list of chat messages ``{"role": ..., "content": ...}``.
-Prompt = str | list[dict[str, str]]
+#: A prompt is plain text or a list of chat messages ``{"role": ..., "content": ...}``, the content
+#: a str or a list of text and image parts (``guardrail.messages``).
+Prompt = str | list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
