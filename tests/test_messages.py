@@ -82,6 +82,7 @@ def test_text_only_flattens_text_parts_and_refuses_images_clearly() -> None:
 def test_map_text_changes_only_text_and_copies() -> None:
     before = copy.deepcopy(RECEIPT)
     shouted = map_text(RECEIPT, str.upper)
+    assert isinstance(shouted, list)
     assert before == RECEIPT, "the prompt given is not modified"
     assert shouted[0] == RECEIPT[0] and shouted[2] == RECEIPT[2], "only user messages by default"
     assert shouted[1]["content"] == "EARLIER RECEIPT"

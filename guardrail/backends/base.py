@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,50 @@ class Generation:
     finish_reason: str | None = None
     duration_s: float | None = None
     logprobs: list[tuple[str, float]] | None = None
+    #: The thinking a reasoning model's server sent apart (``reasoning_content``), if any.
+    reasoning: str | None = None
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A piece of a streamed generation: new answer ``text`` and new ``reasoning`` text.
+
+    The last delta of a stream has ``final`` true and carries the token counts and finish
+    reason when the backend knows them. ``assemble`` joins a stream's deltas into a ``Generation``.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    final: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+def assemble(deltas: Iterable[StreamDelta], duration_s: float | None = None) -> Generation:
+    """The ``Generation`` a whole stream of deltas amounts to.
+
+    >>> assemble([StreamDelta('{"a": '), StreamDelta("1}"), StreamDelta(final=True, finish_reason="stop")])
+    Generation(text='{"a": 1}', prompt_tokens=None, completion_tokens=None, finish_reason='stop', duration_s=None, \
+logprobs=None, reasoning=None)
+    """
+    text: list[str] = []
+    thought: list[str] = []
+    last = StreamDelta()
+    for delta in deltas:
+        text.append(delta.text)
+        thought.append(delta.reasoning)
+        if delta.final:
+            last = delta
+    reasoning = "".join(thought)
+    return Generation("".join(text), last.prompt_tokens, last.completion_tokens, last.finish_reason, duration_s,
+                      reasoning=reasoning or None)
+
+
+def whole(generation: Generation) -> StreamDelta:
+    """A finished generation as the one, final delta of a stream."""
+    return StreamDelta(generation.text, generation.reasoning or "", True, generation.prompt_tokens,
+                       generation.completion_tokens, generation.finish_reason)
 
 
 class Backend(ABC):
@@ -96,6 +140,19 @@ class Backend(ABC):
     def submit(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> Future[Generation]:
         """Queue one prompt (backends with ``queues``); the future resolves to its ``Generation``."""
         raise NotImplementedError(f"{type(self).__name__} does not queue prompts; call generate()")
+
+    def stream(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> Iterator[StreamDelta]:
+        """Generate for one prompt, yielding text as it comes; the last delta has ``final`` true.
+
+        A backend that cannot stream yields its whole ``generate`` result as one final delta. A
+        stream that fails part-way raises (``TransportError`` for a cut connection): what it
+        yielded before is not an answer.
+        """
+        yield whole(self.generate([prompt], schema, sampling)[0])
+
+    async def astream(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> AsyncIterator[StreamDelta]:
+        """Async twin of ``stream``; by default the whole ``agenerate`` result as one final delta."""
+        yield whole((await self.agenerate([prompt], schema, sampling))[0])
 
     def describe(self) -> dict[str, Any]:
         """Name and versions, recorded in reports."""
