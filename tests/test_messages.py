@@ -96,3 +96,23 @@ def test_map_text_changes_only_text_and_copies() -> None:
 
 def test_messages_doctests() -> None:
     assert doctest.testmod(messages, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_servers_and_callables_take_image_parts_as_given_other_backends_get_text_only() -> None:
+    from fault_proxy import FaultProxy, completion
+
+    from guardrail.backends.base import Backend, Sampling
+    from guardrail.backends.callable import CallableBackend
+    from guardrail.backends.remote import RemoteBackend
+    from guardrail.schema import Schema
+
+    assert RemoteBackend.reads_images and CallableBackend.reads_images and not Backend.reads_images
+    with FaultProxy(None, [completion('{"total": 3}')]) as proxy:
+        backend = RemoteBackend(proxy.url + "/v1", "vision-model", structured="prompt")
+        backend.generate([RECEIPT], Schema.load({"type": "object"}), Sampling())
+        sent = proxy.exchanges()[0].body["messages"]
+    assert sent == RECEIPT, "image parts reach the server untouched"
+    seen: list[Any] = []
+    CallableBackend(lambda prompt: seen.append(prompt) or "{}").generate([RECEIPT], Schema.load({"type": "object"}),
+                                                                         Sampling())
+    assert seen == [RECEIPT]

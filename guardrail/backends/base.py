@@ -120,11 +120,15 @@ class Backend(ABC):
     backend takes prompts one by one through ``submit`` into a running batch of its own
     (continuous batching): the guard then submits every attempt as soon as its prompt needs one,
     so re-asks join the batch beside new prompts.
+    ``reads_images`` true
+    means chat messages may hold image parts (``guardrail.messages``); otherwise the guard
+    flattens them with ``messages.text_only``, which refuses an image.
     """
 
     batches: bool = False
     queues: bool = False
     wants_instructions: bool = True
+    reads_images: bool = False
 
     def prepare(self, schema: Schema) -> None:  # noqa: B027 - optional hook
         """Do the expensive per-schema work (compiling a grammar) once, ahead of calls."""

@@ -37,6 +37,7 @@ class CallableBackend(Backend):
 
     batches = False
     wants_instructions = False
+    reads_images = True
 
     def __init__(self, fn: Callable[..., Any], *, timeout_s: float | None = None) -> None:
         if not callable(fn):

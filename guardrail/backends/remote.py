@@ -176,6 +176,7 @@ class RemoteBackend(Backend):
 
     batches = False
     wants_instructions = True
+    reads_images = True
 
     def __init__(
         self,
