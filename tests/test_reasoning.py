@@ -58,7 +58,8 @@ def test_a_server_sends_the_reasoning_apart() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.sampled_from([QWEN3, QWEN3_OFF, R1, CUT, ANSWER, " \n" + ANSWER, "Sure! " + ANSWER, "<thin", "<think>",
+@given(text=st.text(alphabet=st.sampled_from(list("<>/thinkab {}[]\n ")), max_size=40)
+       | st.sampled_from([QWEN3, QWEN3_OFF, R1, CUT, ANSWER, " \n" + ANSWER, "Sure! " + ANSWER, "<thin", "<think>",
                              "<think>a </think>", "a</thi", "  ", "", "<think> x </think> \n ", "x</think></think>y",
                              'plan</think>{"a": "<think>"}']),
        cuts=st.lists(st.integers(0, 400), max_size=12), implicit_open=st.booleans())
