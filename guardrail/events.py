@@ -44,7 +44,7 @@ when the guard is built.
 >>> [event.kind for event in seen]
 ['run_start', 'attempt_start']
 
-**OpenTelemetry.** With ``opentelemetry-api`` (``pip install 'guardrail[otel]'``), each run is
+**OpenTelemetry.** With ``opentelemetry-api`` (``pip install 'guardrail-llm[otel]'``), each run is
 a span (``guardrail.run``) holding one span per attempt, named and attributed after the GenAI
 semantic conventions (``chat MODEL``; ``gen_ai.operation.name``, ``gen_ai.request.model``,
 ``gen_ai.request.temperature`` ..., ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
@@ -94,7 +94,7 @@ logger.addHandler(logging.NullHandler())
 
 #: The name under which the tracer is created (instrumentation scope).
 TRACER_NAME = "guardrail"
-OTEL_HINT = "pip install 'guardrail[otel]' (opentelemetry-api)"
+OTEL_HINT = "pip install 'guardrail-llm[otel]' (opentelemetry-api)"
 
 
 # -- the events ----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ the loop will make.
 
 from __future__ import annotations
 
-import doctest
 import logging
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from guardrail import BackendError, GuardError, TransportError, events, validate
+from guardrail import BackendError, GuardError, TransportError, validate
 from guardrail.backends.base import Backend, Prompt, Sampling
 from guardrail.backends.callable import CallableBackend
 from guardrail.backends.remote import RemoteBackend
@@ -344,11 +343,7 @@ def test_tracing_true_without_opentelemetry_says_what_to_install() -> None:
         except ImportError as exc:
             print(exc)
     """)
-    assert out == "tracing=True needs OpenTelemetry: pip install 'guardrail[otel]' (opentelemetry-api)"
-
-
-def test_events_doctests() -> None:
-    assert doctest.testmod(events).failed == 0
+    assert out == "tracing=True needs OpenTelemetry: pip install 'guardrail-llm[otel]' (opentelemetry-api)"
 
 
 def test_a_backend_that_cannot_describe_itself_does_not_break_the_run() -> None:

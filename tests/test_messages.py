@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import copy
-import doctest
 from typing import Any
 
 import pytest
 
-from guardrail import BackendError, messages
+from guardrail import BackendError
 from guardrail.messages import check_prompt, has_images, map_text, text_only, user_input
 
 PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5E"
@@ -92,10 +91,6 @@ def test_map_text_changes_only_text_and_copies() -> None:
     assert map_text(RECEIPT, str.upper, roles=None)[0]["content"] == "EXTRACT THE RECEIPT AS JSON."
     assert map_text("abc", str.upper) == "ABC"
     assert has_images(RECEIPT) and not has_images(RECEIPT[:3]) and not has_images("text")
-
-
-def test_messages_doctests() -> None:
-    assert doctest.testmod(messages, optionflags=doctest.ELLIPSIS).failed == 0
 
 
 def test_servers_and_callables_take_image_parts_as_given_other_backends_get_text_only() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import doctest
 import itertools
 import json
 from typing import Any
@@ -12,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guardrail import partial
 from guardrail.leaves import escape, split
 from guardrail.partial import PartialJSON, PartialUpdate
 
@@ -179,7 +177,3 @@ def test_misuse_is_a_clear_error() -> None:
     reader.finish()
     with pytest.raises(ValueError, match="after finish"):
         reader.feed("{}")
-
-
-def test_partial_doctests() -> None:
-    assert doctest.testmod(partial).failed == 0

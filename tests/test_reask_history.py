@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationInfo, field_validator
 
-from guardrail import feedback, validate
+from guardrail import validate
 from guardrail.backends.base import Prompt
 from guardrail.feedback import next_request, reask
 from guardrail.schema import Schema
@@ -90,7 +89,3 @@ def test_context_reaches_pydantic_validators_and_json_schema_ignores_it() -> Non
     assert good.ok and good.value == Booking(guest="Ada Lovelace", nights=2)
     raw = Schema.load(Booking.model_json_schema())
     assert validate(raw, text, context={"input": "nothing alike"}).ok
-
-
-def test_feedback_doctests() -> None:
-    assert doctest.testmod(feedback).failed == 0

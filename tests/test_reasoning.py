@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 import itertools
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardrail import reasoning
 from guardrail.reasoning import ReasoningStream, server_reasoning, split_message, split_reasoning
 
 ANSWER = '{"name": "Carla Dias", "city": "Braga"}'
@@ -96,7 +94,3 @@ def test_bad_input_is_a_clear_error() -> None:
         split_reasoning(None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="takes text"):
         ReasoningStream().feed(b"<think>")  # type: ignore[arg-type]
-
-
-def test_reasoning_doctests() -> None:
-    assert doctest.testmod(reasoning).failed == 0

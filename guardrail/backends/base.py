@@ -119,10 +119,9 @@ class Backend(ABC):
     in a compact form); a user's own callable gets the prompt untouched. ``queues`` true means the
     backend takes prompts one by one through ``submit`` into a running batch of its own
     (continuous batching): the guard then submits every attempt as soon as its prompt needs one,
-    so re-asks join the batch beside new prompts.
-    ``reads_images`` true
-    means chat messages may hold image parts (``guardrail.messages``); otherwise the guard
-    flattens them with ``messages.text_only``, which refuses an image.
+    so re-asks join the batch beside new prompts. ``reads_images`` true means chat messages may
+    hold image parts (``guardrail.messages``); otherwise the guard flattens them with
+    ``messages.text_only``, which refuses an image.
     """
 
     batches: bool = False
