@@ -47,7 +47,8 @@ def worker(engine_name: str) -> None:
     import outlines
 
     from guardrail.backends.embedded import embedded_cache_dir, file_digest, find_embedded_gguf, load_embedded
-    from guardrail.backends.local import _ENGINE_CLASSES, SEPARATORS, EngineRefused, decoding_schema
+    from guardrail.backends.local import SEPARATORS, EngineRefused, decoding_schema
+    from guardrail.backends.local.engines import ENGINE_CLASSES as _ENGINE_CLASSES
     from guardrail.errors import GuardrailError
     from guardrail.schema import Schema
     from guardrail.validation import validate

@@ -15,6 +15,7 @@ from guardrail.result import Attempt, Issue, Result
 from guardrail.schema import Schema
 from guardrail.validation import Validation, validate
 
+#: The one place the version is written: pyproject.toml reads it from here (hatch's dynamic version).
 __version__ = "0.1.0"
 
 __all__ = [

@@ -23,6 +23,12 @@ DEFAULT_REASK_TEMPLATE = (
 #: At most this many issues are listed; the rest are counted, so the message stays short.
 MAX_LISTED = 8
 
+#: How much failure history a re-ask carries: ``"last"``, the original request plus only the
+#: latest failed output and its issues (the prompt does not grow with the attempts), or
+#: ``"all"``, every earlier failure too (each re-ask extends the previous request).
+REASK_HISTORIES = ("last", "all")
+DEFAULT_REASK_HISTORY = "last"
+
 
 def describe_issues(issues: Sequence[Issue], limit: int = MAX_LISTED) -> str:
     """A bullet list of issues, one per line.
@@ -50,6 +56,28 @@ def reask(prompt: Prompt, output: str | None, issues: Sequence[Issue], template:
     if isinstance(prompt, str):
         return f"{prompt}\n\nYour previous answer:\n{output}\n\n{message}"
     return [*prompt, {"role": "assistant", "content": output}, {"role": "user", "content": message}]
+
+
+def next_request(original: Prompt, previous: Prompt, output: str | None, issues: Sequence[Issue],
+                 template: str = DEFAULT_REASK_TEMPLATE, error: str | None = None, *,
+                 history: str = DEFAULT_REASK_HISTORY) -> Prompt:
+    """The request for the next attempt, keeping ``history`` (``"last"`` or ``"all"``) of the failures.
+
+    ``original`` is the first request of the run, ``previous`` the one just sent. With ``"last"``
+    the next request is ``original`` plus the latest failed ``output`` and its ``issues`` only, so
+    attempt 5 is no longer than attempt 2; with ``"all"`` it is ``reask(previous, ...)``. After
+    a call that raised (``output`` is ``None``) the previous request is sent again: it already
+    holds the latest failed output, if any.
+
+    >>> first = next_request("Extract.", "Extract.", "{", [Issue("", "not JSON")], "Fix: {issues}")
+    >>> next_request("Extract.", first, "[", [Issue("", "not JSON")], "Fix: {issues}")
+    'Extract.\\n\\nYour previous answer:\\n[\\n\\nFix: - at /: not JSON'
+    """
+    if history not in REASK_HISTORIES:
+        raise ValueError(f"reask_history must be one of {', '.join(map(repr, REASK_HISTORIES))}, got {history!r}")
+    if output is None:
+        return previous
+    return reask(original if history == "last" else previous, output, issues, template, error)
 
 
 def compact(value: Any, limit: int = 120) -> str:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import heapq
 import inspect
+import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import tenacity
@@ -121,23 +123,36 @@ class Guard(Generic[T]):
     def run(self, prompt: Prompt, **sampling: Any) -> Result[T]:
         """Run one prompt to a validated value; raise ``GuardError`` (holding every attempt) if none."""
         episode = self._episode(prompt, sampling)
-        self._drive([episode], self.backend)
+        if self.backend.queues:  # joins the model's running batch, beside other threads' prompts
+            for _ in _iter_queued([episode], self.backend):
+                pass
+        else:
+            self._drive([episode], self.backend)
         return episode.finished()
 
     async def arun(self, prompt: Prompt, **sampling: Any) -> Result[T]:
         """Async ``run``: the same loop, awaiting the model and the backoff."""
         episode = self._episode(prompt, sampling)
-        await self._adrive([episode], self.backend)
+        if self.backend.queues:
+            async for _ in _aiter_queued([episode], self.backend):
+                pass
+        else:
+            await self._adrive([episode], self.backend)
         return episode.finished()
 
     def run_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4, **sampling: Any) -> list[Result[T]]:
         """Run many prompts; failures come back as ``Result`` with ``ok`` false instead of raising.
 
-        A batching backend (the local model) gets up to ``concurrency`` prompts per generate call;
-        any other backend gets up to ``concurrency`` calls in flight at once.
+        A backend with a running batch of its own (the local model) gets every prompt at once and
+        decodes up to its ``max_batch`` together, re-asks joining as soon as they are due; any
+        other backend gets up to ``concurrency`` calls in flight at once.
         """
+        episodes = self._episodes(prompts, concurrency, sampling)
+        if self.backend.queues:
+            for _ in _iter_queued(episodes, self.backend):
+                pass
+            return [e.result() for e in episodes]
         if self.backend.batches:  # no event loop needed: batches run one after another anyway
-            episodes = self._episodes(prompts, concurrency, sampling)
             for start in range(0, len(episodes), concurrency):
                 self._drive(episodes[start : start + concurrency], self.backend)
             return [e.result() for e in episodes]
@@ -146,7 +161,10 @@ class Guard(Generic[T]):
     async def arun_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4, **sampling: Any) -> list[Result[T]]:
         """Async ``run_many``."""
         episodes = self._episodes(prompts, concurrency, sampling)
-        if self.backend.batches:
+        if self.backend.queues:
+            async for _ in _aiter_queued(episodes, self.backend):
+                pass
+        elif self.backend.batches:
             for start in range(0, len(episodes), concurrency):
                 await self._adrive(episodes[start : start + concurrency], self.backend)
         else:
@@ -470,6 +488,151 @@ def _by_sampling(episodes: list[_Episode]) -> list[tuple[Sampling, list[_Episode
 def _pause(episodes: list[_Episode]) -> float:
     pending = [e.pause for e in episodes if not e.done]
     return max(pending, default=0.0)
+
+
+def run_all(jobs: Iterable[tuple[Guard[Any], Prompt]], *, concurrency: int = 4,
+            **sampling: Any) -> Iterator[tuple[int, Result[Any]]]:
+    """Run prompts of several guards, yielding ``(job index, result)`` as each one finishes.
+
+    Guards that share a queueing backend (one local model) put every prompt in its running batch
+    at once, so the batch stays full across guards (schemas) and re-asks; other backends get up to
+    ``concurrency`` prompts in flight. Failures come back as results with ``ok`` false.
+
+    >>> g = Guard({"type": "object"}, llm=lambda prompt: "{}")
+    >>> sorted(i for i, r in run_all([(g, "a"), (g, "b")]))
+    [0, 1]
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    episodes = [guard._episode(prompt, sampling) for guard, prompt in jobs]
+    index = {id(e): i for i, e in enumerate(episodes)}
+    queued = [e for e in episodes if e.guard.backend.queues]
+    by_backend: dict[int, list[_Episode]] = {}
+    for episode in queued:
+        by_backend.setdefault(id(episode.guard.backend), []).append(episode)
+    for members in by_backend.values():
+        for done in _iter_queued(members, members[0].guard.backend):
+            yield index[id(done)], done.result()
+    rest = [e for e in episodes if not e.guard.backend.queues]
+    if rest:
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            pending = {pool.submit(e.guard._drive, [e], e.guard.backend): e for e in rest}
+            try:
+                for future in concurrent.futures.as_completed(pending):
+                    future.result()
+                    episode = pending[future]
+                    yield index[id(episode)], episode.result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+_PENDING: Any = object()
+
+
+class _InFlight:
+    """Attempts submitted to a queueing backend: which episode each request belongs to, and when an
+    episode submits again. Decisions only; ``_iter_queued`` and ``_aiter_queued`` do the waiting."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.owners: dict[concurrent.futures.Future[Generation], tuple[_Episode, int]] = {}
+        self.rounds: dict[int, tuple[list[Any], float]] = {}  # episode -> (outcomes, submitted at)
+        self.waiting: list[tuple[float, int, _Episode]] = []  # (due, tie-breaker, episode): backing off
+        self._order = itertools.count()
+
+    def launch(self, episode: _Episode) -> None:
+        """Submit the episode's next attempt: one request, or one per sample of a vote."""
+        samplings = [episode.sampling if episode.sampling.seed is None or i == 0
+                     else episode.sampling.but(seed=episode.sampling.seed + i) for i in range(episode.fanout)]
+        self.rounds[id(episode)] = ([_PENDING] * len(samplings), time.monotonic())
+        for i, sampling in enumerate(samplings):
+            try:
+                future = self.backend.submit(episode.request, episode.guard.schema, sampling)
+            except Exception as exc:  # noqa: BLE001 - recorded as the attempt's failure, like a failed call
+                future = concurrent.futures.Future()
+                future.set_exception(exc)
+            self.owners[future] = (episode, i)
+
+    def settle(self, future: concurrent.futures.Future[Generation]) -> _Episode | None:
+        """Record one finished request; returns its episode once the episode is done."""
+        episode, sample = self.owners.pop(future)
+        outcomes, submitted = self.rounds[id(episode)]
+        if future.cancelled():
+            outcomes[sample] = concurrent.futures.CancelledError("the request was cancelled")
+        else:
+            outcomes[sample] = future.exception() or future.result()
+        if any(o is _PENDING for o in outcomes):
+            return None
+        del self.rounds[id(episode)]
+        durations = [o.duration_s for o in outcomes if isinstance(o, Generation) and o.duration_s is not None]
+        episode.record_round(outcomes, max(durations) if durations else time.monotonic() - submitted)
+        if episode.done:
+            return episode
+        if episode.pause > 0:
+            heapq.heappush(self.waiting, (time.monotonic() + episode.pause, next(self._order), episode))
+        else:
+            self.launch(episode)
+        return None
+
+    def launch_due(self) -> float | None:
+        """Submit the episodes whose back-off is over; seconds until the next one is due (None: none)."""
+        while self.waiting and self.waiting[0][0] <= time.monotonic():
+            self.launch(heapq.heappop(self.waiting)[2])
+        return max(self.waiting[0][0] - time.monotonic(), 0.0) if self.waiting else None
+
+    def cancel(self) -> None:
+        for future in self.owners:
+            future.cancel()
+
+
+def _iter_queued(episodes: Sequence[_Episode], backend: Backend) -> Iterator[_Episode]:
+    """Drive episodes through a queueing backend, yielding each one as it finishes."""
+    flight = _InFlight(backend)
+    try:
+        for episode in episodes:
+            flight.launch(episode)
+        while flight.owners or flight.waiting:
+            timeout = flight.launch_due()
+            if not flight.owners:
+                time.sleep(timeout or 0.0)
+                continue
+            done, _ = concurrent.futures.wait(list(flight.owners), timeout=timeout,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                finished = flight.settle(future)
+                if finished is not None:
+                    yield finished
+    finally:  # Ctrl-C, or the caller stopped iterating: the rows in the batch need not run on
+        flight.cancel()
+
+
+async def _aiter_queued(episodes: Sequence[_Episode], backend: Backend) -> AsyncIterator[_Episode]:
+    """Async ``_iter_queued``: the same decisions, awaiting the futures instead of blocking."""
+    flight = _InFlight(backend)
+    waiting: dict[asyncio.Future[Any], concurrent.futures.Future[Generation]] = {}
+    wrapped: set[int] = set()  # the requests already in ``waiting``
+    try:
+        for episode in episodes:
+            flight.launch(episode)
+        while flight.owners or flight.waiting:
+            timeout = flight.launch_due()
+            for future in flight.owners:
+                if id(future) not in wrapped:
+                    wrapped.add(id(future))
+                    waiting[asyncio.wrap_future(future)] = future
+            if not waiting:
+                await asyncio.sleep(timeout or 0.0)
+                continue
+            done, _ = await asyncio.wait(list(waiting), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for one in done:
+                future = waiting.pop(one)
+                wrapped.discard(id(future))
+                finished = flight.settle(future)
+                if finished is not None:
+                    yield finished
+    finally:
+        flight.cancel()
 
 
 def _run_coroutine(coroutine: Awaitable[Any]) -> Any:

@@ -23,8 +23,8 @@ Metrics, per row and then averaged over rows:
     (0 if the perturbed output is invalid; rows whose clean output is invalid are left out).
 ``pdr``
     performance drop rate as promptbench defines it, ``1 − perturbed / clean``, on
-    ``field_f1``, each perturbed row paired with its case's clean row. 0 means no drop; negative
-    means the noise helped.
+    ``field_f1``, each perturbed row paired with its case's clean row. 0 means no drop; a
+    negative value only says the noise helped when its interval lies below 0 (``pdr_verdict``).
 ``abstention_accuracy``
     on ``info_removed`` rows only: the output is valid and every removed field is null or
     absent, that is, the model admits it does not know instead of inventing a value.
@@ -283,18 +283,60 @@ class _Resampler:
         return self._memo[key]
 
 
-def _estimate(sums: Sequence[_Sums], finish: _Finish, resampler: _Resampler, confidence: float) -> dict[str, Any]:
-    """The point value over all cases and its percentile interval over the resampled ones."""
+def _estimate(
+    sums: Sequence[_Sums], finish: _Finish, resampler: _Resampler, confidence: float, cases: int
+) -> dict[str, Any]:
+    """The point value over all cases, its percentile interval over the resampled ones, the
+    interval's half-width, and how many cases the estimate rests on.
+
+    Numerator and denominator of one replicate are summed over the same draw, so a case's
+    numerator never meets another draw's denominator: ratios such as PDR are paired by case.
+    """
     nums, dens = [n for n, _ in sums], [d for _, d in sums]
     value = finish(sum(nums), sum(dens))
     if value is None:
-        return {"value": None, "ci": None}
+        return {"value": None, "ci": None, "half_width": None, "cases": cases}
     replicates = sorted(
         v for num, den in zip(resampler.sums(nums), resampler.sums(dens), strict=True) if (v := finish(num, den)) is not None
     )
     tail = (1 - confidence) / 2
     ci = [_quantile(replicates, tail), _quantile(replicates, 1 - tail)] if replicates else None
-    return {"value": value, "ci": ci}
+    return {"value": value, "ci": ci, "half_width": (ci[1] - ci[0]) / 2 if ci else None, "cases": cases}
+
+
+#: What a PDR interval says (``pdr_verdict``): the interval lies above 0, covers it, or lies below.
+MEASURABLE_DROP = "measurable_drop"
+NO_MEASURABLE_DROP = "no_measurable_drop"
+BETTER_UNDER_NOISE = "better_under_noise"
+
+#: Interval ends this close to 0 count as 0: ``1 − x/x`` summed in another order can leave 1e-17.
+_ZERO_TOL = 1e-9
+
+
+def pdr_verdict(estimate: Mapping[str, Any]) -> str | None:
+    """Classify a PDR estimate ``{"value", "ci", "cases"?}`` by its interval, not its sign.
+
+    ``MEASURABLE_DROP``: the interval lies entirely above 0. ``NO_MEASURABLE_DROP``: it covers 0,
+    whatever the sign of the point value (a negative PDR inside such an interval is noise in the
+    estimate, not an improvement). ``BETTER_UNDER_NOISE``: the whole interval lies below 0, the
+    noisy prompts really scored higher (rare; worth a look at what the noise changed).
+    ``None`` when there is nothing to judge: no value, no interval, or fewer than two cases
+    (one case resamples to itself, so its interval has no width whatever the truth).
+
+    >>> pdr_verdict({"value": -0.286, "ci": [-1.0, 0.2], "cases": 7})
+    'no_measurable_drop'
+    >>> pdr_verdict({"value": 0.3, "ci": [0.1, 0.5]}), pdr_verdict({"value": -0.3, "ci": [-0.5, -0.1]})
+    ('measurable_drop', 'better_under_noise')
+    """
+    ci = estimate.get("ci")
+    if estimate.get("value") is None or not ci or int(estimate.get("cases", 2)) < 2:
+        return None
+    low, high = ci
+    if low > _ZERO_TOL:
+        return MEASURABLE_DROP
+    if high < -_ZERO_TOL:
+        return BETTER_UNDER_NOISE
+    return NO_MEASURABLE_DROP
 
 
 def bootstrap_ci(
@@ -306,7 +348,7 @@ def bootstrap_ci(
     (0.25, 1.0)
     """
     sums = [(float(sum(c)), float(len(c))) for c in clusters]
-    ci = _estimate(sums, _mean, _Resampler(len(sums), n_boot, seed), confidence)["ci"]
+    ci = _estimate(sums, _mean, _Resampler(len(sums), n_boot, seed), confidence, len(sums))["ci"]
     return (ci[0], ci[1]) if ci else None
 
 
@@ -322,24 +364,27 @@ def _summarise_cell(members: list[_Valued], n_boot: int, seed: int, confidence: 
     # then picks the same cases in each cell, so cells are compared on paired resamples.
     cases = [by_case[k] for k in sorted(by_case)]
 
-    def sums(metric: str) -> list[_Sums]:
-        out = []
-        for case in cases:
-            present = [v for values in case if (v := values[metric]) is not None]
-            out.append((sum(present), float(len(present))))
-        return out
+    def estimate(metric: str) -> dict[str, Any]:
+        present = [[v for values in case if (v := values[metric]) is not None] for case in cases]
+        sums = [(sum(p), float(len(p))) for p in present]
+        return _estimate(sums, _mean, resampler, confidence, sum(1 for p in present if p))
 
-    def pdr_sums() -> list[_Sums]:
+    def pdr() -> dict[str, Any]:
+        # Paired: a case enters a replicate with its perturbed F1 (numerator) and the clean F1 of
+        # the same case (denominator) together, so a case that is hard clean and hard noisy moves
+        # both sides at once instead of widening the interval.
         pairs = [
             [(values["field_f1"] or 0.0, c) for values in case if (c := values["clean_f1"]) is not None] for case in cases
         ]
-        return [(sum(p for p, _ in case), sum(c for _, c in case)) for case in pairs]
+        sums = [(sum(p for p, _ in case), sum(c for _, c in case)) for case in pairs]
+        found = _estimate(sums, _drop_rate, resampler, confidence, sum(1 for p in pairs if p))
+        return {**found, "verdict": pdr_verdict(found)}
 
     resampler = _Resampler(len(cases), n_boot, seed)
     out: dict[str, Any] = {"n": len(members), "cases": len(cases)}
     for metric in MEAN_METRICS:
-        out[metric] = _estimate(sums(metric), _mean, resampler, confidence)
-    out["pdr"] = _estimate(pdr_sums(), _drop_rate, resampler, confidence)
+        out[metric] = estimate(metric)
+    out["pdr"] = pdr()
     latencies = sorted(float(v) for r, _ in members if (v := r.get("latency_s")) is not None)
     tokens = [int(t) for r, _ in members if (t := r.get("tokens")) is not None]
     out["latency_s"] = {
@@ -372,8 +417,14 @@ def summarize(rows: Iterable[OutcomeRow], *, n_boot: int = 1000, seed: int = 0, 
     ``families`` (family → severity → metrics), ``by_family`` (severities pooled),
     ``info_removed``, and ``score`` with its parts.
 
-    Each metric is ``{"value": v, "ci": [lo, hi]}`` (``None`` where it does not apply); cells
-    also carry ``n`` (rows), ``cases``, ``latency_s`` (mean, p50, p95) and ``tokens`` (mean, total).
+    Each metric is ``{"value": v, "ci": [lo, hi], "half_width": (hi - lo) / 2, "cases": k}``
+    (``None`` where it does not apply; ``cases`` counts the cases with at least one row the
+    metric applies to, which is what its interval rests on). ``pdr`` also carries ``verdict``
+    (``pdr_verdict``). Cells also carry ``n`` (rows), ``cases``, ``latency_s`` (mean, p50, p95)
+    and ``tokens`` (mean, total).
+
+    PDR and consistency are paired by case: a resample draws cases, and each drawn case brings
+    its perturbed rows together with its own clean row's F1 (PDR) or output (consistency).
     """
     rows = list(rows)
     clean_rows = {_clean_key(r): r for r in rows if r["family"] == CLEAN}

@@ -26,6 +26,10 @@ class Result(Generic[T]):
     log-probabilities; with ``strategy="vote"`` it is the mean over the samples that agree with
     the answer. ``agreement`` (vote only) maps every leaf field of the schema to the share of
     valid samples whose value there agrees with the answer (``guardrail.voting``).
+
+    >>> result = Result({"n": 1}, '{"n": 1}', [Attempt("How many?", '{"n": 1}', ended="valid")])
+    >>> result.ok, result.unwrap(), len(result.attempts)
+    (True, {'n': 1}, 1)
     """
 
     value: T | None

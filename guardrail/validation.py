@@ -53,8 +53,11 @@ class Validation:
         return not self.issues
 
 
-def validate(schema: Schema, text: str) -> Validation:
+def validate(schema: Schema, text: str, context: Any = None) -> Validation:
     """Parse ``text`` and check it against ``schema``.
+
+    ``context`` goes to the pydantic model's validators (``info.context``, e.g. the caller's input
+    to check a value against); a JSON Schema ignores it.
 
     >>> s = Schema.load({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}})
     >>> validate(s, 'Sure! {"n": "5"}').issues[0].path
@@ -63,19 +66,19 @@ def validate(schema: Schema, text: str) -> Validation:
     found = _parse(text)
     if found.issues:
         return found
-    issues = check(schema, found.parsed)
+    issues = check(schema, found.parsed, context)
     if issues:
         found.issues = issues
         return found
-    found.value = _instantiate(schema, found.parsed)
+    found.value = _instantiate(schema, found.parsed, context)
     return found
 
 
-def check(schema: Schema, data: Any) -> list[Issue]:
+def check(schema: Schema, data: Any, context: Any = None) -> list[Issue]:
     """Issues of already-parsed JSON data against the schema (empty when valid)."""
     if schema.model is not None:
         try:
-            schema.model.model_validate(data)
+            schema.model.model_validate(data, context=context)
         except ValidationError as exc:
             return _pydantic_issues(exc)
         return []
@@ -111,8 +114,8 @@ def _schema_issue(error: Any) -> Issue:
     return Issue(path=join_pointer(path), message=message, value=error.instance, keyword=str(error.validator))
 
 
-def _instantiate(schema: Schema, data: Any) -> Any:
-    return schema.model.model_validate(data) if schema.model is not None else data
+def _instantiate(schema: Schema, data: Any, context: Any = None) -> Any:
+    return schema.model.model_validate(data, context=context) if schema.model is not None else data
 
 
 def _pydantic_issues(exc: ValidationError) -> list[Issue]:

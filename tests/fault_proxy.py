@@ -8,6 +8,11 @@ real server); with no upstream they get a 502. Every exchange is logged with its
 times (``time.monotonic``, the clock ``RemoteBackend.log`` uses), status, whether it was injected,
 the request body and headers, so tests can see retries, backoff pauses and overlap.
 
+A stream can be cut: ``Fault(forward=True, cut_after_events=N)`` forwards the request, then sends
+only the first N server-sent events of the answer and closes the connection, short of the
+``Content-Length`` it announced (``clean_close=True``: announcing no length, so the close looks
+like a normal end of the body). ``sse(...)`` is a canned event stream.
+
 The server is a ``ThreadingHTTPServer``: concurrent requests are handled (and forwarded) at once.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -28,13 +34,38 @@ from typing import Any
 @dataclass
 class Fault:
     """What to do with one request: answer ``status``/``body``/``headers`` after ``delay_s``, or,
-    with ``forward``, forward it to the upstream after ``delay_s`` (a slow server)."""
+    with ``forward``, forward it to the upstream after ``delay_s`` (a slow server). With
+    ``cut_after_events``, send only that many server-sent events of the answer, then close."""
 
     status: int = 503
     body: Any = field(default_factory=lambda: {"error": {"message": "injected fault", "type": "server_error"}})
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     forward: bool = False
+    cut_after_events: int | None = None
+    clean_close: bool = False
+
+
+def sse(*events: Any, done: bool = True) -> Fault:
+    """A canned 200 server-sent event stream: each event a JSON object (or raw text), then ``[DONE]``."""
+    lines = [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
+    body = "".join(lines) + ("data: [DONE]\n\n" if done else "")
+    return Fault(200, body.encode(), headers={"Content-Type": "text/event-stream"})
+
+
+def chunk(content: str | None = None, *, reasoning: str | None = None, finish_reason: str | None = None,
+          usage: dict[str, int] | None = None) -> dict[str, Any]:
+    """One chat-completion stream chunk, as OpenAI-compatible servers send it."""
+    delta: dict[str, Any] = {}
+    if content is not None:
+        delta["content"] = content
+    if reasoning is not None:
+        delta["reasoning_content"] = reasoning
+    out: dict[str, Any] = {"id": "chatcmpl-canned", "object": "chat.completion.chunk", "created": 0, "model": "canned",
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+    if usage is not None:
+        out["usage"] = usage
+    return out
 
 
 def completion(text: str, *, finish_reason: str = "stop", prompt_tokens: int = 10, completion_tokens: int = 5) -> Fault:
@@ -59,6 +90,7 @@ class Exchange:
     injected: bool
     body: Any
     headers: dict[str, str]
+    cut: bool = False
 
 
 class FaultProxy:
@@ -143,14 +175,25 @@ class FaultProxy:
             status, headers, payload = self._forward(request, raw)
         # Logged (and ``ended`` taken) just before the answer is written, so a client that has its
         # answer finds the exchange logged, and its next request never seems to overlap this one.
+        cut = fault is not None and fault.cut_after_events is not None
         exchange = Exchange(request.command, request.path, started, time.monotonic(), status,
-                            fault is not None and not fault.forward, body, dict(request.headers))
+                            fault is not None and not fault.forward, body, dict(request.headers), cut)
         with self._lock:
             self.log.append(exchange)
         try:
             request.send_response(status)
             for name, value in headers.items():
                 request.send_header(name, value)
+            if fault is not None and fault.cut_after_events is not None:
+                sent = _first_events(payload, fault.cut_after_events)
+                if fault.clean_close:  # no length announced: the client reads to the close
+                    request.send_header("Connection", "close")
+                else:
+                    request.send_header("Content-Length", str(len(payload)))
+                request.end_headers()
+                request.wfile.write(sent)
+                request.close_connection = True
+                return
             request.send_header("Content-Length", str(len(payload)))
             request.end_headers()
             request.wfile.write(payload)
@@ -173,3 +216,9 @@ class FaultProxy:
             return 502, {"Content-Type": "application/json"}, json.dumps({"error": {"message": str(exc)}}).encode()
         finally:
             conn.close()
+
+
+def _first_events(payload: bytes, count: int) -> bytes:
+    """The first ``count`` server-sent events of a body (each ends with a blank line)."""
+    ends = [m.end() for m in re.finditer(rb"\r?\n\r?\n", payload)]
+    return payload[: ends[count - 1]] if 0 < count <= len(ends) else payload[:0] if count <= 0 else payload

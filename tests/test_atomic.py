@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from guardrail import atomic
 from guardrail.atomic import replacing, write_atomic
 
 
@@ -75,7 +73,3 @@ def test_writers_of_one_path_use_different_temporary_names(tmp_path: Path) -> No
         second.write_bytes(b"2")
     assert path.read_bytes() == b"1" and os.listdir(tmp_path) == ["grammar.bin"]
 
-
-def test_docstring_examples_hold() -> None:
-    result = doctest.testmod(atomic)
-    assert result.attempted > 0 and result.failed == 0

@@ -153,9 +153,9 @@ def test_instructions_state_the_task_and_add_examples() -> None:
 
 
 def test_fallback_engines_refuse_schemas_they_would_widen() -> None:
-    from guardrail.backends import local
+    from guardrail.backends.local import engines
 
-    xgrammar = object.__new__(local._XGrammar)  # admit() needs no tokenizer
+    xgrammar = object.__new__(engines.XGrammar)  # admit() needs no tokenizer
     xgrammar.admit({"type": "object", "properties": {"a": {"type": "string", "maxLength": 5}}, "required": ["a"]})
     for schema, keyword in [({"not": {"type": "null"}}, "not"),
                             ({"type": "array", "uniqueItems": True}, "uniqueItems"),
@@ -166,7 +166,7 @@ def test_fallback_engines_refuse_schemas_they_would_widen() -> None:
             xgrammar.admit(schema)
     # Annotations and unknown keywords are not constraints; a property named like a keyword is a name.
     xgrammar.admit({"title": "t", "x-kind": 1, "properties": {"not": {"type": "string"}}})
-    object.__new__(local._LLGuidance).admit({"not": {}})  # llguidance refuses what it cannot do itself
+    object.__new__(engines.LLGuidance).admit({"not": {}})  # llguidance refuses what it cannot do itself
 
 
 def test_missing_embedded_model_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -260,9 +260,9 @@ def test_shared_prefix_changes_no_output(backend: LocalBackend, person: Schema) 
     """The instructions are prefilled once and reused; every row decodes as with plain padding."""
     texts = ["Ada Lovelace is 36 years old.", "Bob, aged 7.", "The winner, Carmen Diaz (age 41), smiled."]
     prompts = [person_prompt(t) for t in texts]
-    cache = backend.load().prefixes()
+    cache = backend.scheduler.prefixes
     shared = backend.generate(prompts, person, Sampling(max_new_tokens=24))
-    assert any(len(prefix) >= 32 for prefix in cache._entries)  # the batch's common prefix is stored
+    assert any(length >= 32 for length in cache.lengths())  # the batch's common prefix is stored
     hits = cache.hits
     [single] = backend.generate(prompts[2:], person, Sampling(max_new_tokens=24))
     assert cache.hits == hits + 1  # a later call, even of one row, reuses it
@@ -334,12 +334,12 @@ def test_no_fallback_to_an_engine_that_would_ignore_a_keyword(backend: LocalBack
 @pytest.mark.slow
 @needs_model
 def test_every_engine_refusing_means_unconstrained(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
-    from guardrail.backends import local
+    from guardrail.backends.local import engines
 
     def refuse(self: object, schema_json: str) -> None:
         raise EngineRefused("refused for the test")
 
-    for engine in local._ENGINE_CLASSES.values():
+    for engine in engines.ENGINE_CLASSES.values():
         monkeypatch.setattr(engine, "compile", refuse)
     schema = Schema.load({"type": "object", "properties": {"n": {"type": "integer"}}}, name="refused-everywhere")
     with pytest.warns(RuntimeWarning) as caught:
@@ -477,3 +477,64 @@ def test_entries_of_an_older_cache_format_are_pruned(tmp_path: Path) -> None:
     (foreign / "weights.bin").write_bytes(b"not written by guardrail")
     embedded._prune_old_formats(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "foreign"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuous batching on the real model: rows join and leave a running batch
+
+
+def _snips_prompts() -> tuple[Schema, list[list[dict[str, str]]]]:
+    from guardrail.suite import load_suite
+
+    task = load_suite(Path(__file__).resolve().parents[1] / "examples" / "suites" / "snips.yaml").task("AddToPlaylist")
+    texts = [case.input for case in task.cases[:4]]
+    # The noisy prompt on which the embedded model loops inside a list (see test_loops.py).
+    texts.append("The hallway lights flicker now and then. Please add Pop Punk Powerhouses by Valeri Leontjev to my "
+                 "play list Someone left a blue umbrella by the door.")
+    return task.schema, [task.messages(text) for text in texts]
+
+
+@pytest.mark.slow
+@needs_model
+def test_greedy_attempts_are_identical_with_and_without_continuous_batching(backend: LocalBackend) -> None:
+    """Every attempt of every prompt, retries included, is what one-at-a-time decoding gives."""
+    from guardrail import Guard
+
+    schema, prompts = _snips_prompts()
+    options = {"retries": 2, "max_new_tokens": 36, "max_new_tokens_cap": 96, "threads": THREADS}
+    batched = Guard(schema, model="embedded", max_batch=16, **options).run_many(prompts)
+    one_by_one = Guard(schema, model="embedded", max_batch=1, **options).run_many(prompts)
+    endings = [a.ended for r in batched for a in r.attempts]
+    assert "truncated" in endings  # a 36-token budget cuts an answer: it is retried in the same run
+    assert [[a.output for a in r.attempts] for r in batched] == [[a.output for a in r.attempts] for r in one_by_one]
+    assert [[a.max_new_tokens for a in r.attempts] for r in batched] == [
+        [a.max_new_tokens for a in r.attempts] for r in one_by_one]
+
+
+@pytest.mark.slow
+@needs_model
+def test_a_looping_row_leaves_the_batch_and_the_others_decode_as_alone(backend: LocalBackend) -> None:
+    schema, prompts = _snips_prompts()  # the suite's own messages, as in test_loops.py: the last one loops
+    sampling = Sampling(max_new_tokens=120)
+    batched = LocalBackend(threads=THREADS, max_batch=16).generate(prompts, schema, sampling)
+    alone = LocalBackend(threads=THREADS, max_batch=1).generate(prompts, schema, sampling)
+    assert batched[-1].finish_reason == "repetition" and (batched[-1].completion_tokens or 0) < 100
+    assert [(o.text, o.finish_reason) for o in batched] == [(o.text, o.finish_reason) for o in alone]
+
+
+@pytest.mark.slow
+@needs_model
+def test_guard_runs_from_four_threads_share_the_batch_and_get_their_own_answers(backend: LocalBackend) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from guardrail import Guard
+
+    schema, prompts = _snips_prompts()
+    guard = Guard(schema, model="embedded", retries=0, max_new_tokens=48, threads=THREADS)
+    expected = [guard.run(p).raw for p in prompts[:4]]
+    steps = backend.scheduler.steps
+    with ThreadPoolExecutor(4) as pool:
+        raws = list(pool.map(lambda p: guard.run(p).raw, prompts[:4]))
+    assert raws == expected
+    tokens = sum(len(r or "") for r in raws)  # not tokens, but far more than the steps a shared batch takes
+    assert backend.scheduler.steps - steps < tokens

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from guardrail.metrics import (
+    BETTER_UNDER_NOISE,
+    MEAN_METRICS,
+    MEASURABLE_DROP,
+    NO_MEASURABLE_DROP,
     OutcomeRow,
     abstained,
     agreement,
@@ -18,6 +21,7 @@ from guardrail.metrics import (
     exact_match,
     field_counts,
     field_f1,
+    pdr_verdict,
     read_rows,
     same_value,
     score,
@@ -173,8 +177,9 @@ def test_noisy_f1_averages_cells_not_rows() -> None:
 def test_consistency_skips_rows_whose_clean_output_was_invalid() -> None:
     rows = [row("a", output=None, gold={"x": 1}, valid=False), row("a", "typos", 0.5, output={"x": 1}, gold={"x": 1})]
     s = summarize(rows, n_boot=50)
-    assert s["families"]["typos"]["0.5"]["consistency"] == {"value": None, "ci": None}
-    assert s["families"]["typos"]["0.5"]["pdr"]["value"] is None  # clean F1 is 0: the drop is undefined
+    assert s["families"]["typos"]["0.5"]["consistency"] == {"value": None, "ci": None, "half_width": None, "cases": 0}
+    pdr = s["families"]["typos"]["0.5"]["pdr"]
+    assert pdr["value"] is None and pdr["verdict"] is None  # clean F1 is 0: the drop is undefined
 
 
 def test_instruction_noise_gets_its_own_cells() -> None:
@@ -217,7 +222,129 @@ def test_summary_intervals_are_reproducible_and_resample_cases() -> None:
         for metric in ("valid_at_1", "valid_at_k", "exact_match", "field_f1"):
             estimate = cell[metric]
             assert estimate["ci"][0] - 1e-9 <= estimate["value"] <= estimate["ci"][1] + 1e-9, (metric, estimate)
-    assert summarize(small_run(), n_boot=0)["clean"]["field_f1"] == {"value": 0.75, "ci": None}
+    no_boot = summarize(small_run(), n_boot=0)
+    assert no_boot["clean"]["field_f1"] == {"value": 0.75, "ci": None, "half_width": None, "cases": 2}
+    assert no_boot["families"]["typos"]["0.5"]["pdr"]["verdict"] is None  # no interval, nothing to judge by
+
+
+def test_every_interval_reports_its_half_width_and_cases() -> None:
+    s = summarize(small_run(), n_boot=300, seed=1)
+    typos = s["families"]["typos"]["0.5"]
+    # The interval of test_summary_intervals_are_reproducible_and_resample_cases: [1/4, 5/6].
+    assert typos["field_f1"]["half_width"] == pytest.approx((5 / 6 - 0.25) / 2)
+    for cell in (s["clean"], s["overall"], s["info_removed"], typos):
+        for metric in (*MEAN_METRICS, "pdr"):
+            estimate = cell[metric]
+            if estimate["ci"] is None:
+                assert estimate["half_width"] is None, (metric, estimate)
+            else:
+                lo, hi = estimate["ci"]
+                assert estimate["half_width"] == pytest.approx((hi - lo) / 2), (metric, estimate)
+    assert typos["field_f1"]["cases"] == typos["pdr"]["cases"] == typos["consistency"]["cases"] == 2
+    assert s["clean"]["consistency"]["cases"] == 0 and s["info_removed"]["abstention_accuracy"]["cases"] == 2
+    json.dumps(s)
+
+
+def test_estimate_cases_count_only_the_cases_a_metric_applies_to() -> None:
+    # Case a's clean output is invalid, so its perturbed row has no consistency: one case behind
+    # consistency, two behind field F1.
+    rows = [
+        row("a", output=None, gold={"x": 1}, valid=False),
+        row("b", output={"x": 2}, gold={"x": 2}),
+        row("a", "typos", 0.5, output={"x": 1}, gold={"x": 1}),
+        row("b", "typos", 0.5, output={"x": 2}, gold={"x": 2}),
+    ]
+    cell = summarize(rows, n_boot=50)["families"]["typos"]["0.5"]
+    assert cell["cases"] == cell["field_f1"]["cases"] == 2
+    assert cell["consistency"]["cases"] == 1 and cell["consistency"]["value"] == 1.0
+
+
+GOLD_TEN = {f"f{i}": f"v{i}" for i in range(10)}
+
+
+def _answer(right: int) -> dict[str, str]:
+    """The first ``right`` fields of GOLD_TEN and nothing else: F1 = 2·right / (10 + right)."""
+    return {f"f{i}": f"v{i}" for i in range(right)}
+
+
+def _percentile_ci(replicates: list[float]) -> tuple[float, float]:
+    ordered = sorted(replicates)
+    return ordered[int(0.025 * (len(ordered) - 1))], ordered[int(0.975 * (len(ordered) - 1))]
+
+
+def test_pdr_interval_is_paired_by_case() -> None:
+    # Easy cases (all ten fields clean, nine under noise) and hard ones (one field, clean and
+    # noisy): clean and perturbed F1 move together across cases, the drop itself barely varies.
+    # Resampling cases pairs each perturbed F1 with its own clean F1, so the interval is narrow;
+    # drawing the numerator's cases and the denominator's cases independently would not be.
+    rows: list[OutcomeRow] = []
+    per_case: list[tuple[float, float]] = []  # (perturbed F1, clean F1)
+    for i in range(30):
+        clean_right, noisy_right = (10, 9) if i % 2 else (1, 1)
+        case = f"c{i:02d}"
+        rows.append(row(case, output=_answer(clean_right), gold=GOLD_TEN))
+        rows.append(row(case, "typos", 0.2, output=_answer(noisy_right), gold=GOLD_TEN))
+        per_case.append((field_f1(_answer(noisy_right), GOLD_TEN), field_f1(_answer(clean_right), GOLD_TEN)))
+    pdr = summarize(rows, n_boot=1000, seed=3)["families"]["typos"]["0.2"]["pdr"]
+
+    noisy, clean = sum(p for p, _ in per_case), sum(c for _, c in per_case)
+    assert pdr["value"] == pytest.approx(1 - noisy / clean)
+    assert pdr["cases"] == 30 and pdr["verdict"] == MEASURABLE_DROP
+
+    rng, n = random.Random(3), len(per_case)
+    unpaired = []
+    for _ in range(1000):
+        num = sum(per_case[j][0] for j in rng.choices(range(n), k=n))
+        den = sum(per_case[j][1] for j in rng.choices(range(n), k=n))
+        unpaired.append(1 - num / den)
+    low, high = _percentile_ci(unpaired)
+    unpaired_half = (high - low) / 2
+    # Unpaired, the interval of a ~5% drop spans zero and could not tell it from no drop at all.
+    assert low < 0 < high and unpaired_half > 0.2
+    assert pdr["ci"][0] > 0 and pdr["half_width"] < unpaired_half / 10, (pdr, unpaired_half)
+
+
+def test_consistency_compares_each_perturbed_row_with_its_own_case() -> None:
+    # Every case answers differently, and noise changes nothing: consistency is 1 in every
+    # resample. Had a resample matched perturbed rows with another case's clean output, it would not be.
+    rows: list[OutcomeRow] = []
+    for i in range(12):
+        answer = {"x": f"answer {i}", "y": i}
+        rows.append(row(f"c{i}", output=answer, gold=answer))
+        rows += [row(f"c{i}", "ocr", 0.3, output=answer, gold=answer, seed=s) for s in range(2)]
+    consistency = summarize(rows, n_boot=500)["families"]["ocr"]["0.3"]["consistency"]
+    assert consistency == {"value": 1.0, "ci": [1.0, 1.0], "half_width": 0.0, "cases": 12}
+
+
+def test_pdr_verdict_reads_the_interval_not_the_sign() -> None:
+    assert pdr_verdict({"value": 0.4, "ci": [0.1, 0.7], "cases": 30}) == MEASURABLE_DROP
+    assert pdr_verdict({"value": -0.286, "ci": [-1.0, 0.2], "cases": 7}) == NO_MEASURABLE_DROP
+    assert pdr_verdict({"value": 0.357, "ci": [0.0, 1.0], "cases": 7}) == NO_MEASURABLE_DROP  # touches 0
+    assert pdr_verdict({"value": -0.357, "ci": [-1.0, 0.0], "cases": 7}) == NO_MEASURABLE_DROP
+    assert pdr_verdict({"value": 0.0, "ci": [0.0, 0.0], "cases": 7}) == NO_MEASURABLE_DROP
+    assert pdr_verdict({"value": 1e-17, "ci": [1e-17, 2e-17], "cases": 7}) == NO_MEASURABLE_DROP  # rounding, not a drop
+    assert pdr_verdict({"value": -0.3, "ci": [-0.5, -0.1], "cases": 30}) == BETTER_UNDER_NOISE
+    assert pdr_verdict({"value": 0.2, "ci": None, "cases": 30}) is None
+    assert pdr_verdict({"value": None, "ci": None}) is None
+    assert pdr_verdict({"value": 0.5, "ci": [0.5, 0.5], "cases": 1}) is None  # one case has no spread to judge
+
+
+def test_summary_pdr_carries_a_verdict_for_each_outcome() -> None:
+    gold = {"a": "x", "b": "y"}
+    rows: list[OutcomeRow] = []
+    for i in range(10):
+        case = f"c{i}"
+        rows.append(row(case, output={"a": "x"}, gold=gold))  # clean F1 2/3
+        rows.append(row(case, "case", 0.1, output={"a": "x", "b": "y"}, gold=gold))  # always better: F1 1
+        rows.append(row(case, "typos", 0.1, output={} if i < 3 else gold, gold=gold))  # 3 worse, 7 better
+        rows.append(row(case, "ocr", 0.1, output={}, gold=gold))  # always worse: F1 0
+    families = summarize(rows, n_boot=300)["families"]
+    better, mixed, worse = (families[f]["0.1"]["pdr"] for f in ("case", "typos", "ocr"))
+    assert better["value"] == pytest.approx(-0.5) and better["verdict"] == BETTER_UNDER_NOISE
+    # Negative, but only because 7 of 10 cases happened to gain: the interval covers 0.
+    assert mixed["value"] == pytest.approx(1 - 7 / (10 * 2 / 3)) and mixed["value"] < 0
+    assert mixed["ci"][0] < 0 < mixed["ci"][1] and mixed["verdict"] == NO_MEASURABLE_DROP
+    assert worse["value"] == 1.0 and worse["verdict"] == MEASURABLE_DROP
 
 
 def test_rows_round_trip_through_jsonl(tmp_path: Path) -> None:
@@ -225,9 +352,3 @@ def test_rows_round_trip_through_jsonl(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in small_run()) + "\n", encoding="utf-8")
     assert read_rows(path) == small_run()
 
-
-@pytest.mark.parametrize("module", ["guardrail.metrics", "guardrail.compare"])
-def test_docstring_examples_hold(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # examples name files relative to the repo root
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -13,7 +13,6 @@ Two kinds of test:
 from __future__ import annotations
 
 import asyncio
-import doctest
 import json
 import socket
 import warnings
@@ -28,7 +27,7 @@ from llama_server import MODEL_ALIAS, llama_server, server_missing
 from typer.testing import CliRunner
 
 from guardrail import BackendError, Guard, GuardError, TransportError
-from guardrail.backends import remote, resolve
+from guardrail.backends import resolve
 from guardrail.backends.base import Sampling
 from guardrail.backends.embedded import find_embedded_gguf
 from guardrail.backends.remote import STRUCTURED_MODES, RemoteBackend, TransportTimeout, _structured_fields
@@ -245,10 +244,6 @@ def test_a_report_records_the_server_but_never_the_api_key(tmp_path: Path) -> No
     assert all(e.headers["Authorization"] == "Bearer sk-secret" for e in sent)
     for name in ("run.json", "report.json", "report.md", "report.html", "results.jsonl"):
         assert "sk-secret" not in (tmp_path / name).read_text(), name
-
-
-def test_remote_doctests() -> None:
-    assert doctest.testmod(remote, optionflags=doctest.ELLIPSIS).failed == 0
 
 
 # -- against llama-cpp-python's OpenAI-compatible server on loopback --------------------------

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +49,11 @@ HOSTILE = "<script>alert(1)</script></table> | a | b | `x` *bold* [link](http://
 
 # A deterministic "LLM" for the subprocess runs: reads the input back out of the prompt, answers
 # from its words (so noise changes the answer), fails the first attempt for some inputs (so
-# there are retries), logs each call, and can SIGKILL its own process or sleep on demand.
+# there are retries), logs each call, and on demand SIGKILLs its own process or stops inside one
+# call: it then says BLOCKED on stdout and waits for a line on stdin, so a test can act while the
+# job is surely mid-run, however slow the machine.
 FAKE_LLM = '''
-import hashlib, json, os, signal, threading, time
+import hashlib, json, os, signal, sys, threading
 from pathlib import Path
 
 _lock = threading.Lock()
@@ -66,7 +67,9 @@ def llm(prompt):
     kill_at = int(os.environ.get("FAKE_LLM_KILL_AT", "0"))
     if kill_at and calls >= kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(float(os.environ.get("FAKE_LLM_SLEEP", "0")))
+    if calls == int(os.environ.get("FAKE_LLM_BLOCK_AT", "0")):
+        print("BLOCKED", flush=True)
+        sys.stdin.readline()
     text = prompt.split("Text: ", 1)[1].split("\\nJSON:", 1)[0]
     words = text.replace(".", " ").split()
     if "Your previous answer" not in prompt and hashlib.sha256(text.encode()).digest()[0] % 4 == 0:
@@ -209,21 +212,23 @@ def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run
 def test_ctrl_c_keeps_finished_rows_writes_a_partial_report_and_resumes(tmp_path: Path) -> None:
     (tmp_path / "fake_llm.py").write_text(FAKE_LLM)
     out, counter = tmp_path / "out", tmp_path / "calls"
-    env = {**os.environ, "FAKE_LLM_COUNTER": str(counter), "FAKE_LLM_SLEEP": "0.1"}
-    process = subprocess.Popen([sys.executable, "-c", _job(tmp_path, out)], env=env, cwd=ROOT,
+    # Calls 1-6 finish at least the first batch of 3 prompts (2 attempts at most each); call 10 stops.
+    env = {**os.environ, "FAKE_LLM_COUNTER": str(counter), "FAKE_LLM_BLOCK_AT": "10"}
+    process = subprocess.Popen([sys.executable, "-c", _job(tmp_path, out)], env=env, cwd=ROOT, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    results = out / "results.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not results.exists() or len(results.read_text().splitlines()) < 6):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    _, stderr = process.communicate(timeout=60)
+    assert process.stdout is not None
+    if process.stdout.readline() != "BLOCKED\n":  # an empty line: the job ended without reaching call 10
+        process.kill()
+        pytest.fail(f"the job never reached the blocking call: {process.communicate()}")
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the blocked call holds the job mid-run
+    # The line releases the blocked call only after the signal is pending, so the job cannot finish first.
+    _, stderr = process.communicate(input="go\n", timeout=120)
     assert process.returncode == 130, stderr
 
     partial = json.loads((out / "report.json").read_text())
     kept = len(_rows(out))
     assert partial["run"]["complete"] is False
-    assert partial["run"]["rows_done"] == kept < partial["run"]["rows_planned"]
+    assert 3 <= partial["run"]["rows_done"] == kept < partial["run"]["rows_planned"]
     assert "rerun the same command to resume" in partial["run"]["resume_hint"]
     assert "Incomplete run" in (out / "report.html").read_text()
 

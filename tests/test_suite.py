@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import json
 import textwrap
 from pathlib import Path
@@ -361,9 +359,3 @@ def test_protected_terms_are_schema_keys_and_enum_values() -> None:
     assert {"invoice_number", "unit_price", "USD", "JPY", "description"} <= set(terms)
     assert "Line items" not in terms  # descriptions are prose, not terms
 
-
-@pytest.mark.parametrize("module", ["guardrail.suite", "guardrail.suite_format"])
-def test_docstring_examples_hold(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # examples name files relative to the repo root
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -76,9 +76,12 @@ def test_confidence_lies_in_the_unit_interval_and_is_reproducible_with_a_seed(ta
     greedy = Guard(task.schema, **OPTIONS).run(prompt)
     assert greedy.confidence and set(greedy.confidence) == {f"/{k}" for k in greedy.data}
     sampled = [Guard(task.schema, **OPTIONS, strategy="sample", seed=7).run(prompt) for _ in range(2)]
-    assert sampled[0].raw == sampled[1].raw and sampled[0].confidence == sampled[1].confidence
+    # The same text again; its confidence to float precision (a row batched differently, or started from a
+    # stored prefix instead of prefilled whole, gets the same tokens from slightly different arithmetic).
+    assert sampled[0].raw == sampled[1].raw and sampled[0].confidence == pytest.approx(sampled[1].confidence, rel=1e-4)
     again = Guard(task.schema, **OPTIONS, **VOTE).run(prompt)
-    assert (again.data, again.agreement, again.confidence) == (voted.data, voted.agreement, voted.confidence)
+    assert (again.data, again.agreement) == (voted.data, voted.agreement)
+    assert again.confidence == pytest.approx(voted.confidence, rel=1e-4)
     for result in (greedy, *sampled, voted):
         assert result.confidence
         assert all(0.0 <= c <= 1.0 for c in result.confidence.values())

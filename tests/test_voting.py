@@ -413,7 +413,7 @@ class ByteTokenizer:
 
 
 def test_local_token_texts_join_to_the_text_and_keep_characters_whole() -> None:
-    from guardrail.backends.local import _token_logprobs
+    from guardrail.backends.local.sampling import token_logprobs as _token_logprobs
 
     text = '{"a": "Zürich 😀"}'
     ids = list(text.encode())

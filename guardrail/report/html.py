@@ -1,8 +1,10 @@
 """``report.html``: one self-contained page, charts inline as SVG, no scripts and no network.
 
 The page holds the headline table; validity and field F1 against severity per family with
-confidence bands; a field × family heatmap; constrained against unconstrained decoding when the
-run has both; a histogram of attempts; and the worst cases side by side, the edits marked.
+confidence bands, and the family × severity table under them; a field × family heatmap;
+constrained against unconstrained decoding when the run has both; a histogram of attempts; and
+the worst cases side by side, the edits marked. Every figure with an interval reads
+``value ± half-width``, its interval underneath.
 
 Every string from a suite or a model goes through ``html.escape`` (``_e``); the page also sets
 a Content-Security-Policy that forbids scripts, so even a missed escape could not run code.
@@ -24,7 +26,16 @@ from typing import Any
 
 from guardrail.report import svg
 from guardrail.report.edits import segments
-from guardrail.report.markdown import HEADLINE, calibration_notes, headline_rows
+from guardrail.report.markdown import (
+    FAMILY_METRICS,
+    HEADLINE,
+    INTERVAL_NOTE,
+    VERDICT_TEXT,
+    calibration_notes,
+    half_width,
+    headline_rows,
+    verdict,
+)
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1a1a1a;margin:0;background:#fafafa}
@@ -36,7 +47,7 @@ h3{font-size:15px;margin:18px 0 6px}
 table{border-collapse:collapse;background:#fff;margin:8px 0;font-size:13px}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td .ci{color:#777;font-size:11px;display:block}
+td .ci{color:#777;font-size:11px;display:block}td .verdict{font-style:italic}
 .charts{display:flex;flex-wrap:wrap;gap:16px}.charts svg{background:#fff;border:1px solid #e5e5e5;border-radius:6px}
 .case{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:12px 0}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}
@@ -53,13 +64,23 @@ def _e(value: Any) -> str:
     return html.escape(text, quote=True)
 
 
-def _num(cell: Mapping[str, Any] | None) -> str:
-    """A table cell with the value and, under it, the 95% interval."""
+def _num(cell: Mapping[str, Any] | None, key: str = "", cases: int | None = None) -> str:
+    """A table cell: the value ± the half-width of its 95% interval and, under it, the interval
+    (and the number of cases, when fewer than the row's). A PDR whose interval does not lie above 0
+    shows its verdict in the value's place, its figures underneath."""
     if not cell or cell.get("value") is None:
         return '<td class="num">–</td>'
-    ci = cell.get("ci")
-    band = f'<span class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</span>' if ci else ""
-    return f'<td class="num">{cell["value"]:.3f}{band}</td>'
+    ci, hw = cell.get("ci"), half_width(cell)
+    figure = f"{cell['value']:.3f}" + (f" ± {hw:.3f}" if hw is not None else "")
+    under = [f"[{ci[0]:.3f}, {ci[1]:.3f}]"] if ci else []
+    found = cell.get("cases")
+    if cases is not None and found is not None and found != cases:
+        under.append(f"{found} cases")
+    text = VERDICT_TEXT.get(verdict(cell) or "") if key == "pdr" else None
+    if text:
+        figure, under = f'<span class="verdict">{_e(text)}</span>', [figure, *under]
+    band = f'<span class="ci">{_e(" ".join(under))}</span>' if under else ""
+    return f'<td class="num">{figure}{band}</td>'
 
 
 def render_html(report: Mapping[str, Any]) -> str:
@@ -77,6 +98,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         _summary(report),
         _headline(report),
         _severity_charts(report),
+        _families(report),
         _heatmap(report),
         _modes(report),
         _attempts(report),
@@ -107,7 +129,7 @@ def _summary(report: Mapping[str, Any]) -> str:
 
 
 def _headline(report: Mapping[str, Any]) -> str:
-    head = "".join(f"<th>{_e(t)}</th>" for t in ("mode", "prompts", "n", *(t for _, t, _ in HEADLINE),
+    head = "".join(f"<th>{_e(t)}</th>" for t in ("mode", "prompts", "n", "cases", *(t for _, t, _ in HEADLINE),
                                                   "latency p50 / p95 (s)", "tokens / prompt"))
     body = []
     for mode, title, cell in headline_rows(report):
@@ -116,11 +138,27 @@ def _headline(report: Mapping[str, Any]) -> str:
         lat_s = f"{lat['p50']:.2f} / {lat['p95']:.2f}" if lat.get("p50") is not None else "–"
         tok_s = f"{tok['mean']:.0f}" if tok.get("mean") is not None else "–"
         body.append(f"<tr><td>{_e(mode)}</td><td>{_e(title)}</td><td class=\"num\">{_e(cell.get('n', ''))}</td>"
-                    + "".join(_num(cell.get(k)) for k, _, _ in HEADLINE)
+                    f"<td class=\"num\">{_e(cell.get('cases', ''))}</td>"
+                    + "".join(_num(cell.get(k), k, cell.get("cases")) for k, _, _ in HEADLINE)
                     + f'<td class="num">{_e(lat_s)}</td><td class="num">{_e(tok_s)}</td></tr>')
-    return ('<h2>Headline</h2><p class="muted">95% bootstrap confidence intervals, cases resampled. '
-            "PDR is the drop in field F1 against the same case's clean prompt.</p>"
+    return (f'<h2>Headline</h2><p class="muted">{_e(INTERVAL_NOTE)}</p>'
             f'<table class="gr-headline"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _families(report: Mapping[str, Any]) -> str:
+    """Per mode, the family × severity table: the charts' numbers, with consistency and PDR."""
+    out = []
+    head = "".join(f"<th>{_e(t)}</th>" for t in ("family", "severity", "n", "cases", *(t for _, t in FAMILY_METRICS)))
+    for mode in report.get("modes", []):
+        body = [f"<tr><td>{_e(fam)}</td><td>{_e(sev)}</td><td class=\"num\">{_e(cell.get('n', ''))}</td>"
+                f"<td class=\"num\">{_e(cell.get('cases', ''))}</td>"
+                + "".join(_num(cell.get(k), k, cell.get("cases")) for k, _ in FAMILY_METRICS) + "</tr>"
+                for fam, cells in (report["metrics"][mode].get("families") or {}).items()
+                for sev, cell in cells.items() if cell]
+        if body:
+            out.append(f'<h3>{_e(mode)}</h3><table class="gr-families"><thead><tr>{head}</tr></thead>'
+                       f'<tbody>{"".join(body)}</tbody></table>')
+    return "<h2>By family and severity</h2>" + "".join(out) if out else ""
 
 
 def _series(summary: Mapping[str, Any], metric: str) -> list[svg.Series]:

@@ -8,7 +8,10 @@ dict, so the three files always agree. Layout::
     suite, score  the suite's name and the run's score (0–100, primary mode)
     modes         the decoding modes run, primary first
     metrics       mode -> guardrail.metrics.summarize(rows): clean, overall, families,
-                  by_family, info_removed, score, score_parts (metric names as in metrics.py)
+                  by_family, info_removed, score, score_parts (metric names as in metrics.py);
+                  each metric is {value, ci, half_width, cases}, and each pdr also carries
+                  verdict: measurable_drop, no_measurable_drop (its interval covers 0) or
+                  better_under_noise (guardrail.metrics.pdr_verdict)
     fields        mode -> per-field F1 by family (severities pooled), for the heatmap
     attempts      mode -> {"1": rows, "2": rows, ...}
     worst_cases   the perturbed rows that lost the most field F1 against their clean row
@@ -27,6 +30,8 @@ depend on the order in which rows were produced (a resumed run appends out of or
 >>> report = build_report({"constrained": rows}, suite="demo", n_boot=10)
 >>> report["metrics"]["constrained"]["clean"]["field_f1"]["value"], report["score"]
 (1.0, 100.0)
+>>> report["metrics"]["constrained"]["clean"]["field_f1"]["half_width"], report["metrics"]["constrained"]["clean"]["cases"]
+(0.0, 1)
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from guardrail.metrics import CLEAN, family_key, field_counts, flatten, row_valu
 
 FORMAT = "guardrail-report/1"
 #: Packages whose versions a report records.
-VERSIONED = ("guardrail", "torch", "transformers", "outlines", "outlines_core", "llguidance", "xgrammar")
+VERSIONED = ("torch", "transformers", "outlines", "outlines_core", "llguidance", "xgrammar")
 
 
 def versions() -> dict[str, str | None]:
@@ -56,7 +61,9 @@ def versions() -> dict[str, str | None]:
     >>> versions()["guardrail"] is not None
     True
     """
-    out: dict[str, str | None] = {"python": platform.python_version()}
+    from guardrail import __version__  # the distribution is named guardrail-llm: ask the package itself
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "guardrail": __version__}
     for name in VERSIONED:
         try:
             out[name] = version(name)

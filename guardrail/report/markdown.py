@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from guardrail.metrics import BETTER_UNDER_NOISE, NO_MEASURABLE_DROP, pdr_verdict
 from guardrail.report.edits import segments
 
 #: Punctuation that Markdown (CommonMark or GFM) reads as inline syntax anywhere in a line:
@@ -50,18 +51,68 @@ def md_escape(text: Any) -> str:
     return s.replace("\r\n", "\n").replace("\r", "\n").replace("\n", " ⏎ ")
 
 
-def fmt_value(cell: Mapping[str, Any] | None, *, ci: bool = True, digits: int = 3) -> str:
-    """``0.912 [0.88, 0.95]`` from a metric dict ``{"value", "ci"}``; ``–`` where not measured.
+#: How a PDR verdict reads (``guardrail.metrics.pdr_verdict``). A measurable drop needs no
+#: words: a PDR whose interval lies above 0 is shown as its number.
+VERDICT_TEXT: dict[str, str] = {NO_MEASURABLE_DROP: "no measurable drop", BETTER_UNDER_NOISE: "better under noise"}
 
-    >>> fmt_value({"value": 0.9123, "ci": [0.88, 0.95]})
-    '0.912 [0.880, 0.950]'
+
+def half_width(cell: Mapping[str, Any] | None) -> float | None:
+    """Half the width of a metric's interval: the summary's ``half_width``, or from ``ci`` in
+    reports written before it was stored; ``None`` without an interval.
+
+    >>> half_width({"value": 0.6, "ci": [0.5, 0.75]})
+    0.125
+    """
+    if not cell:
+        return None
+    if cell.get("half_width") is not None:
+        return float(cell["half_width"])
+    bounds = cell.get("ci")
+    return (bounds[1] - bounds[0]) / 2 if bounds else None
+
+
+def verdict(cell: Mapping[str, Any] | None) -> str | None:
+    """A PDR cell's verdict as stored in the report, else computed from its interval."""
+    if not cell:
+        return None
+    return cell["verdict"] if "verdict" in cell else pdr_verdict(cell)
+
+
+def fmt_value(cell: Mapping[str, Any] | None, *, ci: bool = True, digits: int = 3) -> str:
+    """``0.912 ± 0.035 [0.880, 0.950]`` from a metric dict ``{"value", "ci", "half_width"}``: the
+    value, the half-width of its interval, then the interval itself (a percentile bootstrap
+    interval need not be symmetric); ``–`` where not measured.
+
+    >>> fmt_value({"value": 0.9123, "ci": [0.88, 0.95], "half_width": 0.035})
+    '0.912 ± 0.035 [0.880, 0.950]'
     """
     if not cell or cell.get("value") is None:
         return "–"
     out = f"{cell['value']:.{digits}f}"
     bounds = cell.get("ci")
     if ci and bounds:
-        out += f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+        out += f" ± {half_width(cell):.{digits}f} [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+    return out
+
+
+def fmt_metric(key: str, cell: Mapping[str, Any] | None, *, cases: int | None = None) -> str:
+    """``fmt_value``, a PDR whose interval covers 0 led by "no measurable drop" (its sign is noise,
+    not an improvement), and ``(k cases)`` when the metric rests on fewer cases than its row.
+
+    >>> fmt_metric("pdr", {"value": -0.286, "ci": [-1.0, 0.2], "half_width": 0.6, "cases": 7})
+    'no measurable drop (-0.286 ± 0.600 [-1.000, 0.200])'
+    >>> fmt_metric("consistency", {"value": 0.5, "ci": [0.25, 0.75], "cases": 6}, cases=7)
+    '0.500 ± 0.250 [0.250, 0.750] (6 cases)'
+    """
+    out = fmt_value(cell)
+    if out == "–" or cell is None:
+        return out
+    text = VERDICT_TEXT.get(verdict(cell) or "") if key == "pdr" else None
+    if text:
+        out = f"{text} ({out})"
+    found = cell.get("cases")
+    if cases is not None and found is not None and found != cases:
+        out += f" ({found} cases)"
     return out
 
 
@@ -81,6 +132,16 @@ def _latency(cell: Mapping[str, Any] | None) -> str:
 def _tokens(cell: Mapping[str, Any] | None) -> str:
     tok = (cell or {}).get("tokens") or {}
     return "–" if tok.get("mean") is None else f"{tok['mean']:.0f}"
+
+
+#: What every figure with an interval means (shared with the HTML report).
+INTERVAL_NOTE = (
+    "Each figure: value ± half-width of its 95% bootstrap interval, then the interval (percentile intervals need "
+    "not be symmetric). n counts prompts; the intervals resample cases, so they rest on the cases column (a figure "
+    "that rests on fewer says how many). PDR (1 − perturbed / clean field F1) and consistency pair each perturbed "
+    "prompt with its own case's clean prompt; a PDR whose interval covers 0 reads \"no measurable drop\", whatever "
+    "its sign."
+)
 
 
 def headline_rows(report: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
@@ -107,9 +168,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     score = report.get("score")
     lines += [f"**Score: {score:.1f} / 100**" if score is not None else "**Score: –**", ""]
     lines += _run_notes(report)
-    lines += ["## Headline", "", "Values with 95% bootstrap confidence intervals (cases resampled).", ""]
-    header = ["mode", "prompts", "n", *(title for _, title, _ in HEADLINE), "latency p50 / p95 (s)", "tokens"]
-    rows = [[md_escape(mode), title, str(cell.get("n", "")), *(fmt_value(cell.get(key)) for key, _, _ in HEADLINE),
+    lines += ["## Headline", "", INTERVAL_NOTE, ""]
+    header = ["mode", "prompts", "n", "cases", *(title for _, title, _ in HEADLINE), "latency p50 / p95 (s)", "tokens"]
+    rows = [[md_escape(mode), title, str(cell.get("n", "")), str(cell.get("cases", "")),
+             *(fmt_metric(key, cell.get(key), cases=cell.get("cases")) for key, _, _ in HEADLINE),
              _latency(cell), _tokens(cell)] for mode, title, cell in headline_rows(report)]
     lines += _table(header, rows)
     if len(report.get("modes", [])) > 1:
@@ -141,6 +203,16 @@ def _run_notes(report: Mapping[str, Any]) -> list[str]:
     return [*out, ""] if out else []
 
 
+#: The metrics of the family × severity table, in column order: (key in the summary, title).
+FAMILY_METRICS: tuple[tuple[str, str], ...] = (
+    ("valid_at_1", "valid@1"),
+    ("valid_at_k", "valid@k"),
+    ("field_f1", "field F1"),
+    ("consistency", "consistency"),
+    ("pdr", "PDR"),
+)
+
+
 def _families(report: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     for mode in report.get("modes", []):
@@ -148,15 +220,14 @@ def _families(report: Mapping[str, Any]) -> list[str]:
         if not fams:
             continue
         out += [f"## By family and severity ({md_escape(mode)})", ""]
-        header = ["family", "severity", "n", "valid@1", "valid@k", "field F1", "consistency", "PDR"]
+        header = ["family", "severity", "n", "cases", *(title for _, title in FAMILY_METRICS)]
         rows = []
         for fam, cells in fams.items():
             for sev, cell in cells.items():
                 if cell is None:
                     continue
-                rows.append([md_escape(fam), md_escape(sev), str(cell.get("n", "")),
-                             *(fmt_value(cell.get(k)) for k in ("valid_at_1", "valid_at_k", "field_f1",
-                                                                "consistency", "pdr"))])
+                rows.append([md_escape(fam), md_escape(sev), str(cell.get("n", "")), str(cell.get("cases", "")),
+                             *(fmt_metric(k, cell.get(k), cases=cell.get("cases")) for k, _ in FAMILY_METRICS)])
         out += _table(header, rows)
     return out
 

@@ -1,0 +1,337 @@
+"""``LocalBackend``: a transformers model in this process, its decoding constrained to the schema.
+
+The parts live beside this module: ``models`` loads a model once per process, ``engines`` adapts
+the grammar engines (llguidance, then xgrammar, then outlines_core), ``scheduler`` runs the one
+decode loop per model in which every request is a row (continuous batching), ``kv`` keeps the
+rows' key/value states and the stored prompt prefixes, and ``sampling`` picks each row's token.
+This module turns prompts into requests (rendered with the chat template, tokenized, given the
+schema's compiled grammar) and the finished rows back into ``Generation`` objects.
+
+>>> from guardrail.schema import Schema  # doctest: +SKIP
+>>> backend = LocalBackend()  # the embedded model, loaded on first use  # doctest: +SKIP
+>>> schema = Schema.load({"type": "object", "properties": {"name": {"type": "string"}}})  # doctest: +SKIP
+>>> [g.text for g in backend.generate(["Extract the name: Ada Lovelace"], schema, Sampling())]  # doctest: +SKIP
+['{"name": "Ada Lovelace"}']
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from contextlib import suppress
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from guardrail.backends.base import Backend, Generation, Prompt, Sampling
+from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, decoding_schema
+from guardrail.backends.local.engines import ENGINES, Engine, EngineRefused
+from guardrail.backends.local.models import Compiled, LoadedModel, load, loaded, resolve_device
+from guardrail.errors import BackendError
+
+if TYPE_CHECKING:
+    from guardrail.backends.local.scheduler import Finished, Request
+    from guardrail.schema import Schema
+
+__all__ = ["DEFAULT_MAX_BATCH", "LocalBackend"]
+
+#: Rows decoded at once by default: on a 2-core CPU, 16 is where a step's cost stops growing slower
+#: than the batch (issue 6's measurements); a GPU takes many more.
+DEFAULT_MAX_BATCH = 16
+
+
+class LocalBackend(Backend):
+    """A transformers model in this process, constrained to the schema by a grammar engine.
+
+    ``model``: ``None`` or ``"embedded"`` for the embedded model, else a Hugging Face id or
+    directory already on disk (never downloaded). ``engine``: the grammar engine to try first
+    (default ``"llguidance"``); the others follow in ``ENGINES`` order as fallbacks. ``device``:
+    ``"cpu"``, ``"cuda"``... (default: CUDA when available). ``string_cap``: ``maxLength`` given,
+    for decoding only, to strings that have none (``None``: no cap). ``threads``: torch CPU
+    threads while generating (default: torch's setting, one per core); on a machine busy with
+    other work ``threads=1`` can be several times faster. ``grammar_cache``: where xgrammar and
+    outlines_core grammars are kept between processes (default ``cache_root()/grammars``;
+    ``False``: compile in every process; see ``guardrail.backends.grammar_cache``).
+    ``share_prefix``: prefill the prompts' common prefix (the guard's instructions) once and keep
+    its states for later requests (default ``True``). ``stop_loops``: end a row whose newest
+    tokens repeat one unit over and over, with ``finish_reason="repetition"`` (default ``True``;
+    see ``guardrail.backends.loops``). ``max_batch``: how many rows the model decodes at once
+    (default 16); further requests wait for a free slot, and every request of the process for
+    this model shares them (several guards, several threads).
+
+    The model loads on first use, once per process per (model, device); each schema is compiled
+    once per engine, so a warm call compiles nothing (``compile_count`` says how many compilations
+    ran). ``duration_s`` of each ``Generation`` is the time its row spent in the batch (prefill
+    included, the wait for a slot not); ``completion_tokens`` counts the end token. ``logprobs``
+    lists the output's tokens (the end token excluded) with the natural-log probability of each
+    under the constrained distribution: the model's next-token distribution at temperature 1,
+    after the repetition penalty, restricted to the tokens the grammar allows and renormalised,
+    before temperature, top-k and top-p (``guardrail.backends.local.sampling``).
+
+    >>> backend = LocalBackend()  # doctest: +SKIP
+    >>> backend.generate(["Ada Lovelace, ada@example.com"], Schema.load("contact"), Sampling())  # doctest: +SKIP
+    [Generation(text='{"name": "Ada Lovelace", ...}', prompt_tokens=61, completion_tokens=34, ...)]
+    """
+
+    batches = True
+    queues = True
+    wants_instructions = True
+
+    def __init__(self, model: str | None = None, *, engine: str | None = None, device: str | None = None,
+                 string_cap: int | None = DEFAULT_STRING_CAP, threads: int | None = None,
+                 grammar_cache: bool | str | os.PathLike[str] = True, share_prefix: bool = True,
+                 stop_loops: bool = True, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self.share_prefix = share_prefix
+        self.stop_loops = stop_loops
+        self.model_name = "embedded" if model in (None, "embedded") else str(model)
+        if grammar_cache is True:
+            from guardrail.backends.embedded import cache_root
+
+            grammar_cache = cache_root() / "grammars"
+        self.grammar_cache: Path | None = Path(grammar_cache) if grammar_cache else None
+        if engine is not None and engine not in ENGINES:
+            raise BackendError(f"unknown engine {engine!r}", hint=f"choose one of {', '.join(ENGINES)}")
+        self.engines: tuple[str, ...] = (engine, *(e for e in ENGINES if e != engine)) if engine else ENGINES
+        if string_cap is not None and string_cap < 1:
+            raise ValueError(f"string_cap must be a positive number of characters or None, got {string_cap}")
+        self.string_cap = string_cap
+        self._device = device
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.threads = threads
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive number of rows, got {max_batch!r}")
+        self.max_batch = max_batch
+        if self.model_name == "embedded":
+            from guardrail.backends.embedded import find_embedded_gguf
+
+            find_embedded_gguf()  # fail now, with the install hint, rather than at the first call
+
+    # -- loading and compiling ------------------------------------------------------------------
+
+    def load(self) -> LoadedModel:
+        """Load the model now (it otherwise loads on the first call); cached per process."""
+        return load(self.model_name, resolve_device(self._device))
+
+    @property
+    def compile_count(self) -> int:
+        """How many grammar compilations have run for this backend's model (0 before loading)."""
+        found = loaded(self.model_name, resolve_device(self._device))
+        return found.compiles if found is not None else 0
+
+    @property
+    def disk_load_count(self) -> int:
+        """How many grammars were read from the on-disk cache instead of compiled."""
+        found = loaded(self.model_name, resolve_device(self._device))
+        return found.disk_loads if found is not None else 0
+
+    @property
+    def scheduler(self) -> Any:
+        """The model's decode loop (its ``occupancy``, ``prefixes``... for benchmarks)."""
+        model = self.load()
+        return model.scheduler(self.max_batch, self.threads)
+
+    def prepare(self, schema: Schema) -> None:
+        """Compile ``schema`` for the first engine that accepts it, ahead of the first call."""
+        self._compiled(self.load(), schema)
+
+    def engine_for(self, schema: Schema) -> str | None:
+        """The engine that constrains ``schema`` (compiling it if needed); None means unconstrained."""
+        return self._compiled(self.load(), schema).engine
+
+    def _compiled(self, loaded: LoadedModel, schema: Schema) -> Compiled:
+        key = (schema.hash, self.engines, self.string_cap)
+        with loaded.lock:
+            choice = loaded.choices.get(key)
+            if choice is not None:
+                return choice
+            reasons: list[str] = []
+            for name in self.engines:
+                try:
+                    grammar = self._grammar(loaded, schema, name)
+                except EngineRefused as exc:
+                    reasons.append(f"{name}: {exc}")
+                    following = next((e for e in self.engines[self.engines.index(name) + 1:]), "unconstrained")
+                    warnings.warn(
+                        f"guardrail: the {name} engine cannot compile schema {schema.name!r} ({exc}); "
+                        f"falling back to {following}", RuntimeWarning, stacklevel=3)
+                    continue
+                choice = Compiled(name, grammar)
+                break
+            else:
+                warnings.warn(f"guardrail: no engine can compile schema {schema.name!r}; generating unconstrained, "
+                              f"validation still applies ({'; '.join(reasons)})", RuntimeWarning, stacklevel=3)
+                choice = Compiled(None)
+            loaded.choices[key] = choice
+            return choice
+
+    def _grammar(self, loaded: LoadedModel, schema: Schema, name: str) -> Any:
+        key = (schema.hash, name, self.string_cap)
+        if key not in loaded.grammars:
+            engine = loaded.engine(name)
+            target = decoding_schema(schema.json_schema, string_cap=self.string_cap,
+                                     forbid_newlines=engine.forbid_newlines, cap_patterns=engine.cap_patterns)
+            try:
+                engine.admit(target)
+            except EngineRefused as exc:
+                loaded.grammars[key] = exc
+            else:
+                loaded.grammars[key] = self._compile_or_read(loaded, engine, json.dumps(target))
+        found = loaded.grammars[key]
+        if isinstance(found, EngineRefused):
+            raise found
+        return found
+
+    def _compile_or_read(self, loaded: LoadedModel, engine: Engine, schema_json: str) -> Any:
+        """Compile, or read what an earlier process compiled; an engine's refusal is returned."""
+        disk, entry = None, ""
+        if self.grammar_cache is not None and type(engine).serialize is not Engine.serialize:
+            from guardrail.backends.grammar_cache import GrammarCache
+
+            disk = GrammarCache(self.grammar_cache)
+            facts = {"engine": engine.name, "version": _version(engine.name), "tokenizer": loaded.tokenizer_fingerprint()}
+            entry = disk.key(facts["engine"], facts["version"], facts["tokenizer"], schema_json)
+            payload = disk.load(entry, **facts)
+            if payload is not None:
+                try:
+                    compiled = engine.deserialize(payload)
+                except Exception as exc:  # noqa: BLE001 - an engine that cannot read it: compile instead
+                    warnings.warn(f"guardrail: ignoring a cached {engine.name} grammar it cannot read ({exc})",
+                                  RuntimeWarning, stacklevel=5)
+                else:
+                    loaded.disk_loads += 1
+                    return compiled
+        loaded.compiles += 1
+        try:
+            compiled = engine.compile(schema_json)
+        except EngineRefused as exc:
+            return exc
+        if disk is not None:
+            payload = engine.serialize(compiled)
+            if payload is not None:
+                try:
+                    disk.store(entry, payload, **facts)
+                except OSError as exc:  # a read-only or full disk: only slower next time
+                    warnings.warn(f"guardrail: could not write the grammar cache {disk.root}: {exc}",
+                                  RuntimeWarning, stacklevel=5)
+        return compiled
+
+    # -- generating -----------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
+        """Generate one text per prompt; the rows join the model's running batch.
+
+        >>> LocalBackend().generate(["Ada, 36"], schema, Sampling(max_new_tokens=64))  # doctest: +SKIP
+        """
+        futures = [self.submit(prompt, schema, sampling) for prompt in prompts]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:  # Ctrl-C or a failure: the other rows need not run on
+            for future in futures:
+                future.cancel()
+            raise
+
+    def submit(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> concurrent.futures.Future[Generation]:
+        """Queue one prompt; the future resolves to its ``Generation`` when its row ends.
+
+        Cancelling the future drops the row. Rows from every thread and every guard using this
+        model share its batch.
+        """
+        model = self.load()
+        request = self.request(model, prompt, schema, sampling)
+        scheduler = model.scheduler(self.max_batch, self.threads)
+        outer: concurrent.futures.Future[Generation] = concurrent.futures.Future()
+
+        def relay(inner: concurrent.futures.Future[Finished]) -> None:
+            if inner.cancelled():
+                outer.cancel()
+                return
+            error = inner.exception()
+            if error is not None:
+                outer.set_exception(error)
+                return
+            try:
+                outer.set_result(self._generation(model, inner.result()))
+            except Exception as exc:  # noqa: BLE001 - decoding the tokens failed: this request fails
+                outer.set_exception(exc)
+
+        def cancel(done: concurrent.futures.Future[Generation]) -> None:
+            if done.cancelled():
+                request.future.cancel()
+
+        outer.add_done_callback(cancel)
+        scheduler.submit(request).add_done_callback(relay)
+        outer.set_running_or_notify_cancel()
+        return outer
+
+    def request(self, model: LoadedModel, prompt: Prompt, schema: Schema, sampling: Sampling) -> Request:
+        """The decode request for one prompt: its tokens, grammar and options."""
+        from guardrail.backends.local.scheduler import Grammar, Request
+
+        compiled = self._compiled(model, schema) if sampling.constrained else Compiled(None)
+        tokenizer = model.tokenizer
+        text, templated = _render(tokenizer, prompt)
+        tokens = tokenizer(text, add_special_tokens=not templated)["input_ids"]
+        shared = 0
+        if templated and not isinstance(prompt, str) and len(prompt) > 1:
+            shared = _instructions_length(tokenizer, json.dumps(list(prompt)[:-1]), tuple(tokens[:2048]))
+        grammar = None
+        if compiled.engine is not None:
+            grammar = Grammar(model.engine(compiled.engine), compiled.grammar)
+        return Request(tokens=list(tokens), sampling=sampling, eos_ids=model.eos_ids, grammar=grammar, shared=shared,
+                       stop_loops=self.stop_loops, share_prefix=self.share_prefix)
+
+    @staticmethod
+    def _generation(model: LoadedModel, finished: Finished) -> Generation:
+        from guardrail.backends.local.sampling import token_logprobs
+
+        text = model.tokenizer.decode(finished.tokens, skip_special_tokens=True)
+        return Generation(text=text, prompt_tokens=finished.prompt_tokens, completion_tokens=finished.count,
+                          finish_reason=finished.finish_reason, duration_s=finished.seconds,
+                          logprobs=token_logprobs(model.tokenizer, finished.tokens, finished.logprobs, text))
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, model, device, engine order and library versions, for reports."""
+        info: dict[str, Any] = {"backend": type(self).__name__, "model": self.model_name,
+                                "device": self._device or "auto", "engines": list(self.engines),
+                                "string_cap": self.string_cap, "threads": self.threads, "max_batch": self.max_batch}
+        found = loaded(self.model_name, resolve_device(self._device))
+        if found is not None:
+            info.update(device=found.device, source=found.source, load_seconds=round(found.load_seconds, 2))
+        from importlib.metadata import PackageNotFoundError, version
+
+        for package in ("torch", "transformers", "outlines", "llguidance", "xgrammar", "outlines_core"):
+            with suppress(PackageNotFoundError):
+                info[package] = version(package)
+        return info
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _render(tokenizer: Any, prompt: Prompt) -> tuple[str, bool]:
+    """The prompt as model text, and whether a chat template produced it."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+    if isinstance(prompt, str):
+        return prompt, False
+    # A base model without a template: a plain transcript that ends where the answer goes.
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:", False
+
+
+@lru_cache(maxsize=64)
+def _instructions_length(tokenizer: Any, head_json: str, start: tuple[int, ...]) -> int:
+    """How many tokens render the messages before the last one (0 if they do not line up)."""
+    head = tokenizer.apply_chat_template(json.loads(head_json), tokenize=False, add_generation_prompt=False)
+    ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    return len(ids) if tuple(ids) == start[: len(ids)] else 0

@@ -1,0 +1,82 @@
+"""Choosing each row's next token: repetition penalty, grammar mask, log-probability, then a draw.
+
+Every row of the running batch decodes with its own options (``Sampling``), its own grammar state
+and its own random generator, so a row's output does not depend on what it was batched with:
+greedy rows take the argmax, sampled rows draw from a generator seeded with the request's seed.
+The order is the one transformers' ``generate`` used: repetition penalty, the grammar mask, then
+temperature, top-k and top-p. The log-probability recorded for the chosen token is taken after
+the mask and before temperature/top-k/top-p: the model's distribution at temperature 1
+restricted to what the grammar allows and renormalised, the *constrained distribution*. It is the
+same whether the token was then picked greedily or sampled, so confidences are comparable across
+strategies (the warped distribution would make every greedy choice look certain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from guardrail.backends.base import Sampling
+
+
+def penalise(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
+    """transformers' repetition penalty, in place on one row: every token already in the row
+    (prompt included) is divided by ``penalty`` when positive, multiplied when negative."""
+    picked = scores.gather(0, seen)
+    scores.scatter_(0, seen, torch.where(picked < 0, picked * penalty, picked / penalty))
+
+
+def draw(scores: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """One token from one row's masked scores: argmax at temperature 0, else a seeded draw."""
+    if sampling.temperature <= 0:
+        return int(torch.argmax(scores))
+    logits = scores / sampling.temperature
+    if sampling.top_k:
+        k = min(sampling.top_k, logits.shape[0])
+        threshold = torch.topk(logits, k).values[-1]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=False)
+        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= (1 - sampling.top_p)
+        drop[-1] = False  # the most likely token always stays
+        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    probabilities = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probabilities, 1, generator=generator))
+
+
+def generator_for(sampling: Sampling, device: Any) -> torch.Generator | None:
+    """A generator seeded with the request's seed (None: greedy, or unseeded sampling)."""
+    if sampling.temperature <= 0 or sampling.seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(sampling.seed)
+    return generator
+
+
+def token_logprobs(tokenizer: Any, tokens: list[int], logprobs: Sequence[float],
+                   text: str) -> list[tuple[str, float]] | None:
+    """``(token text, log-probability)`` per token, the texts joining exactly to ``text``.
+
+    A token's text is what it adds to the decoded prefix: ``decode(tokens[:i + 1])`` minus
+    ``decode(tokens[:i])``. A token that ends inside a multi-byte character adds nothing until
+    the token that completes the character (which gets the whole character), so characters are
+    never split or replaced. ``None`` when the pieces cannot be made to join to ``text`` (a
+    tokenizer whose decoding of a prefix is not a prefix of the decoding).
+    """
+    pieces: list[str] = []
+    done = ""  # decoded text already handed out
+    for i in range(len(tokens)):
+        current = tokenizer.decode(tokens[: i + 1], skip_special_tokens=True)
+        if current.endswith("\ufffd") and i + 1 < len(tokens):
+            pieces.append("")  # an unfinished character: wait for the token that completes it
+            continue
+        if not current.startswith(done):
+            return None
+        pieces.append(current[len(done):])
+        done = current
+    if "".join(pieces) != text or len(logprobs) < len(tokens):
+        return None
+    return [(piece, float(value)) for piece, value in zip(pieces, logprobs, strict=False)]
