@@ -25,6 +25,7 @@ from guardrail import confidence, feedback, validation, voting
 from guardrail.backends import Backend, Generation, Prompt, Sampling, resolve
 from guardrail.backends.loops import RETRY_PENALTY
 from guardrail.errors import GuardError
+from guardrail.extractive import Spans, extractive_fields, span_issues
 from guardrail.leaves import schema_leaves
 from guardrail.result import Attempt, Ending, Issue, Result
 from guardrail.retry import InvalidOutput, build_policy
@@ -61,6 +62,12 @@ class Guard(Generic[T]):
     being the server's model name), to ``guardrail.backends.remote.RemoteBackend``
     (``structured``, ``api_key`` ...).
 
+    ``extractive``: string values copied verbatim from the input (``guardrail.extractive``):
+    ``True`` for every free string field, a list of JSON Pointers for some, ``False`` (the default)
+    for none. A local model is held to spans of the input while decoding; on every backend a value
+    not in the input is an issue, re-asked. The input is the prompt's text (for chat messages, the
+    last user message), or ``context={"input": ...}`` given to ``run``.
+
     ``strategy``: ``"greedy"`` (the default; temperature 0), ``"sample"`` (one answer drawn at
     ``temperature``, default 0.7, with ``top_p``/``top_k``/``seed``) or ``"vote"`` (self-consistency:
     ``samples`` answers are drawn per round, in one batched call for a batching backend, else as
@@ -96,6 +103,7 @@ class Guard(Generic[T]):
         max_new_tokens: int = 256,
         repetition_penalty: float | None = None,
         max_new_tokens_cap: int = 2048,
+        extractive: bool | Sequence[str] = False,
         **backend_options: Any,
     ) -> None:
         self.strategy, temperature = _check_strategy(strategy, samples, temperature)
@@ -103,6 +111,12 @@ class Guard(Generic[T]):
         self.schema = Schema.load(schema, refs=refs, assert_formats=assert_formats)
         #: The schema's leaf pointers: the fields that get an agreement and a confidence.
         self.leaves = schema_leaves(self.schema.json_schema)
+        #: The fields held to spans of the input (empty: none).
+        self.extractive = extractive_fields(self.schema.json_schema, extractive)
+        if self.extractive and backend_options.get("base_url") is not None:
+            raise ValueError("extractive= holds values to spans of the input while decoding, which an "
+                             "OpenAI-compatible server cannot do; use a local model, or check the values yourself "
+                             "with guardrail.extractive.span_issues")
         self.policy = build_policy(retries)
         self.backend = resolve(llm, model, timeout_s=timeout_s, **backend_options)
         self.time_budget_s = time_budget_s
@@ -120,9 +134,13 @@ class Guard(Generic[T]):
 
     # -- public entry points ---------------------------------------------------------------
 
-    def run(self, prompt: Prompt, **sampling: Any) -> Result[T]:
-        """Run one prompt to a validated value; raise ``GuardError`` (holding every attempt) if none."""
-        episode = self._episode(prompt, sampling)
+    def run(self, prompt: Prompt, *, context: dict[str, Any] | None = None, **sampling: Any) -> Result[T]:
+        """Run one prompt to a validated value; raise ``GuardError`` (holding every attempt) if none.
+
+        ``context``: what validation may consult; ``context["input"]`` is the text extractive
+        fields are copied from (default: the prompt's own text).
+        """
+        episode = self._episode(prompt, sampling, context)
         if self.backend.queues:  # joins the model's running batch, beside other threads' prompts
             for _ in _iter_queued([episode], self.backend):
                 pass
@@ -130,9 +148,9 @@ class Guard(Generic[T]):
             self._drive([episode], self.backend)
         return episode.finished()
 
-    async def arun(self, prompt: Prompt, **sampling: Any) -> Result[T]:
+    async def arun(self, prompt: Prompt, *, context: dict[str, Any] | None = None, **sampling: Any) -> Result[T]:
         """Async ``run``: the same loop, awaiting the model and the backoff."""
-        episode = self._episode(prompt, sampling)
+        episode = self._episode(prompt, sampling, context)
         if self.backend.queues:
             async for _ in _aiter_queued([episode], self.backend):
                 pass
@@ -140,14 +158,18 @@ class Guard(Generic[T]):
             await self._adrive([episode], self.backend)
         return episode.finished()
 
-    def run_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4, **sampling: Any) -> list[Result[T]]:
+    def run_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4,
+                 context: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
+                 **sampling: Any) -> list[Result[T]]:
         """Run many prompts; failures come back as ``Result`` with ``ok`` false instead of raising.
+
+        ``context``: one dict for every prompt, or one per prompt (see ``run``).
 
         A backend with a running batch of its own (the local model) gets every prompt at once and
         decodes up to its ``max_batch`` together, re-asks joining as soon as they are due; any
         other backend gets up to ``concurrency`` calls in flight at once.
         """
-        episodes = self._episodes(prompts, concurrency, sampling)
+        episodes = self._episodes(prompts, concurrency, sampling, context)
         if self.backend.queues:
             for _ in _iter_queued(episodes, self.backend):
                 pass
@@ -156,11 +178,14 @@ class Guard(Generic[T]):
             for start in range(0, len(episodes), concurrency):
                 self._drive(episodes[start : start + concurrency], self.backend)
             return [e.result() for e in episodes]
-        return _run_coroutine(self.arun_many(prompts, concurrency=concurrency, **sampling))  # type: ignore[no-any-return]
+        return _run_coroutine(self.arun_many(prompts, concurrency=concurrency, context=context,  # type: ignore[no-any-return]
+                                             **sampling))
 
-    async def arun_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4, **sampling: Any) -> list[Result[T]]:
+    async def arun_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4,
+                        context: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
+                        **sampling: Any) -> list[Result[T]]:
         """Async ``run_many``."""
-        episodes = self._episodes(prompts, concurrency, sampling)
+        episodes = self._episodes(prompts, concurrency, sampling, context)
         if self.backend.queues:
             async for _ in _aiter_queued(episodes, self.backend):
                 pass
@@ -171,10 +196,17 @@ class Guard(Generic[T]):
             await self._adrive_bounded(episodes, concurrency)
         return [e.result() for e in episodes]
 
-    def _episodes(self, prompts: Sequence[Prompt], concurrency: int, sampling: dict[str, Any]) -> list[_Episode]:
+    def _episodes(self, prompts: Sequence[Prompt], concurrency: int, sampling: dict[str, Any],
+                  context: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None) -> list[_Episode]:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        return [self._episode(p, sampling) for p in prompts]
+        if context is None or isinstance(context, dict):
+            contexts: Sequence[dict[str, Any] | None] = [context] * len(prompts)
+        else:
+            contexts = list(context)
+            if len(contexts) != len(prompts):
+                raise ValueError(f"got {len(contexts)} contexts for {len(prompts)} prompts")
+        return [self._episode(p, sampling, c) for p, c in zip(prompts, contexts, strict=True)]
 
     # -- drivers: the only places that do I/O ------------------------------------------------
 
@@ -194,7 +226,7 @@ class Guard(Generic[T]):
 
     def _call(self, backend: Backend, sampling: Sampling, owners: list[_Episode]) -> list[Generation] | BaseException:
         try:
-            return backend.generate([e.request for e in owners], self.schema, sampling)
+            return backend.generate([e.request for e in owners], self.schema, sampling, **_spans_of(backend, owners))
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, then judged by the policy
             return exc
 
@@ -211,7 +243,8 @@ class Guard(Generic[T]):
     async def _acall(self, backend: Backend, sampling: Sampling,
                      owners: list[_Episode]) -> list[Generation] | BaseException:
         try:
-            return await backend.agenerate([e.request for e in owners], self.schema, sampling)
+            return await backend.agenerate([e.request for e in owners], self.schema, sampling,
+                                           **_spans_of(backend, owners))
         except Exception as exc:  # noqa: BLE001
             return exc
 
@@ -224,7 +257,7 @@ class Guard(Generic[T]):
 
         await asyncio.gather(*(one(e) for e in episodes))
 
-    def _episode(self, prompt: Prompt, overrides: dict[str, Any]) -> _Episode:
+    def _episode(self, prompt: Prompt, overrides: dict[str, Any], context: dict[str, Any] | None = None) -> _Episode:
         _check_prompt(prompt)
         unknown = set(overrides) - set(Sampling.__dataclass_fields__)
         if unknown:
@@ -240,7 +273,13 @@ class Guard(Generic[T]):
                 if self._instructions is None:  # the same for every prompt: built once
                     self._instructions = instructions(self.schema.json_schema, self.examples)
                 request = [*self._instructions, *user]
-        return _Episode(self, request, self.sampling.but(**overrides))
+        spans = None
+        if self.extractive:
+            text = context["input"] if context and "input" in context else _input_text(prompt)
+            if not isinstance(text, str):
+                raise TypeError(f"context['input'] must be the input text (a str), got {type(text).__name__}")
+            spans = Spans(text, self.extractive)
+        return _Episode(self, request, self.sampling.but(**overrides), spans)
 
     def __repr__(self) -> str:
         return f"Guard(schema={self.schema.name!r}, backend={type(self.backend).__name__})"
@@ -249,10 +288,11 @@ class Guard(Generic[T]):
 class _Episode:
     """One prompt's way through its attempts: decisions only, no I/O."""
 
-    def __init__(self, guard: Guard[Any], request: Prompt, sampling: Sampling) -> None:
+    def __init__(self, guard: Guard[Any], request: Prompt, sampling: Sampling, spans: Spans | None = None) -> None:
         self.guard = guard
         self.request = request
         self.sampling = sampling
+        self.spans = spans
         self.attempts: list[Attempt] = []
         # A copy per episode: tenacity keeps per-run statistics on the policy object.
         self.policy = guard.policy.copy()
@@ -306,6 +346,10 @@ class _Episode:
             return Attempt(prompt=prompt, output=None, duration_s=duration_s, error=f"{type(outcome).__name__}: {outcome}",
                            ended=ended, sample=sample), None
         checked = validation.validate(self.guard.schema, outcome.text)
+        if checked.ok and self.spans is not None:
+            off_input = span_issues(checked.parsed, self.spans.fields, self.spans.text)
+            if off_input:
+                checked = validation.Validation(issues=off_input, extracted=checked.extracted, parsed=checked.parsed)
         truncated = checked.truncated or (not checked.ok and outcome.finish_reason == "length")
         attempt = Attempt(
             prompt=prompt, output=outcome.text, issues=checked.issues, duration_s=outcome.duration_s or duration_s,
@@ -335,7 +379,7 @@ class _Episode:
         if valid:
             schema = self.guard.schema
             ballots = [voting.Ballot(c.parsed, a.output, a.confidence) for a, c in valid]
-            chosen = voting.vote(ballots, self.guard.leaves, lambda data: not validation.check(schema, data))
+            chosen = voting.vote(ballots, self.guard.leaves, self._acceptable)
             checked = validation.validate(schema, chosen.text)
             if not checked.ok:  # cannot happen for a text that was just checked; keep a sample then
                 chosen = voting.vote(ballots[:1], self.guard.leaves)
@@ -366,6 +410,12 @@ class _Episode:
         self.state.set_exception((InvalidOutput, failure, None))
         self._decide(failure, output=attempt.output, issues=checked.issues, truncated=attempt.ended == "truncated",
                      looped=attempt.finish_reason == "repetition")
+
+    def _acceptable(self, data: Any) -> bool:
+        """Whether parsed data is a valid answer: the schema, and the spans when extractive."""
+        if validation.check(self.guard.schema, data):
+            return False
+        return self.spans is None or not span_issues(data, self.spans.fields, self.spans.text)
 
     def _decide(self, failure: BaseException, *, output: str | None = None, issues: Sequence[Issue] = (),
                 truncated: bool = False, looped: bool = False) -> None:
@@ -485,14 +535,33 @@ def _by_sampling(episodes: list[_Episode]) -> list[tuple[Sampling, list[_Episode
     return list(groups.items())
 
 
+def _spans_of(backend: Backend, episodes: Sequence[_Episode]) -> dict[str, Any]:
+    """The ``spans=`` argument for a backend that holds values to spans while decoding (else nothing)."""
+    if not backend.spans or all(e.spans is None for e in episodes):
+        return {}
+    if len(episodes) == 1 and backend.queues:
+        return {"spans": episodes[0].spans}
+    return {"spans": [e.spans for e in episodes]}
+
+
+def _input_text(prompt: Prompt) -> str:
+    """The caller's input in a prompt: the text itself, or the last user message's."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content") for m in prompt if m.get("role") == "user"]
+    return users[-1] if users and isinstance(users[-1], str) else ""
+
+
 def _pause(episodes: list[_Episode]) -> float:
     pending = [e.pause for e in episodes if not e.done]
     return max(pending, default=0.0)
 
 
-def run_all(jobs: Iterable[tuple[Guard[Any], Prompt]], *, concurrency: int = 4,
-            **sampling: Any) -> Iterator[tuple[int, Result[Any]]]:
+def run_all(jobs: Iterable[tuple[Guard[Any], Prompt] | tuple[Guard[Any], Prompt, dict[str, Any] | None]], *,
+            concurrency: int = 4, **sampling: Any) -> Iterator[tuple[int, Result[Any]]]:
     """Run prompts of several guards, yielding ``(job index, result)`` as each one finishes.
+
+    A job is ``(guard, prompt)`` or ``(guard, prompt, context)`` (see ``Guard.run``).
 
     Guards that share a queueing backend (one local model) put every prompt in its running batch
     at once, so the batch stays full across guards (schemas) and re-asks; other backends get up to
@@ -504,7 +573,7 @@ def run_all(jobs: Iterable[tuple[Guard[Any], Prompt]], *, concurrency: int = 4,
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    episodes = [guard._episode(prompt, sampling) for guard, prompt in jobs]
+    episodes = [job[0]._episode(job[1], sampling, job[2] if len(job) > 2 else None) for job in jobs]  # type: ignore[misc]
     index = {id(e): i for i, e in enumerate(episodes)}
     queued = [e for e in episodes if e.guard.backend.queues]
     by_backend: dict[int, list[_Episode]] = {}
@@ -548,7 +617,8 @@ class _InFlight:
         self.rounds[id(episode)] = ([_PENDING] * len(samplings), time.monotonic())
         for i, sampling in enumerate(samplings):
             try:
-                future = self.backend.submit(episode.request, episode.guard.schema, sampling)
+                future = self.backend.submit(episode.request, episode.guard.schema, sampling,
+                                             **_spans_of(self.backend, [episode]))
             except Exception as exc:  # noqa: BLE001 - recorded as the attempt's failure, like a failed call
                 future = concurrent.futures.Future()
                 future.set_exception(exc)

@@ -167,12 +167,8 @@ def test_value_leaves_escape_keys() -> None:
 # -- one home ---------------------------------------------------------------------------------------
 
 
-#: Keeps its own keyword lists until it imports these names (the decoding schema, split out of backends/local.py).
-NOT_YET_CONVERTED = {PACKAGE / "backends" / "decoding_schema.py", PACKAGE / "backends" / "local.py"}
-
-
 def _python_files() -> list[Path]:
-    return [p for p in PACKAGE.rglob("*.py") if p.name != "schema_walk.py" and p not in NOT_YET_CONVERTED]
+    return [p for p in PACKAGE.rglob("*.py") if p.name != "schema_walk.py"]
 
 
 def test_keyword_lists_and_pointer_escaping_live_only_in_schema_walk() -> None:

@@ -126,6 +126,9 @@ class Backend(ABC):
 
     batches: bool = False
     queues: bool = False
+    #: Can hold string fields to spans of the input while decoding (``generate``/``submit`` take
+    #: ``spans=``); other backends leave it to validation (``guardrail.extractive``).
+    spans: bool = False
     wants_instructions: bool = True
     reads_images: bool = False
 

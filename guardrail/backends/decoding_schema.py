@@ -14,8 +14,9 @@ The local runtimes (transformers, llama.cpp) compile it; the remote backend send
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any
+
+from guardrail.schema_walk import DATA_KEYWORDS, MAP_KEYWORDS, VALIDATION_KEYWORDS, subschemas
 
 __all__ = ["DEFAULT_STRING_CAP", "SEPARATORS", "VALIDATION_KEYWORDS", "decoding_schema", "validation_keywords"]
 
@@ -58,27 +59,6 @@ def decoding_schema(json_schema: Any, *, string_cap: int | None = DEFAULT_STRING
     return result
 
 
-# Keywords whose value is one subschema, a list of them, or a name -> subschema map, and where
-# narrowing the subschema narrows the whole. "not", "if" and "propertyNames" are left out on
-# purpose: narrowing inside them would widen (or shift) what the whole accepts.
-_ONE = ("items", "additionalProperties", "contains", "then", "else", "unevaluatedItems",
-        "unevaluatedProperties", "additionalItems")
-_MANY = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
-_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-
-
-def _subschemas(node: dict[str, Any]) -> Iterator[Any]:
-    for key in _ONE:
-        if isinstance(node.get(key), dict):
-            yield node[key]
-    for key in _MANY:
-        if isinstance(node.get(key), list):
-            yield from node[key]
-    for key in _MAP:
-        if isinstance(node.get(key), dict):
-            yield from node[key].values()
-
-
 def _tighten(node: Any, cap: int | None, forbid_newlines: bool, cap_patterns: bool, close: bool) -> None:
     if not isinstance(node, dict):
         return
@@ -93,7 +73,8 @@ def _tighten(node: Any, cap: int | None, forbid_newlines: bool, cap_patterns: bo
     if (close and isinstance(node.get("properties"), dict)
             and not {"additionalProperties", "patternProperties", "unevaluatedProperties"} & node.keys()):
         node["additionalProperties"] = False
-    for sub in _subschemas(node):
+    # Positive positions only: narrowing inside not, if or propertyNames would widen (or shift) the whole.
+    for _, sub in subschemas(node, positive_only=True):
         _tighten(sub, cap, forbid_newlines, cap_patterns, close)
 
 
@@ -109,24 +90,9 @@ def _combines_objects(node: Any) -> bool:
         "properties", "required", "patternProperties", "additionalProperties"
     } & node.keys():
         return True
-    if "dependentSchemas" in node or "if" in node:
+    if "dependentSchemas" in node or "dependencies" in node or "if" in node:
         return True
-    return any(
-        _combines_objects(value) for key, value in node.items()
-        if key not in ("enum", "const", "default", "examples")
-    )
-
-
-#: JSON Schema keywords that constrain instances (drafts 7 to 2020-12); the rest are annotations.
-VALIDATION_KEYWORDS = frozenset({
-    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
-    "maxLength", "minLength", "pattern", "format", "maxItems", "minItems", "uniqueItems", "maxContains",
-    "minContains", "contains", "maxProperties", "minProperties", "required", "dependentRequired", "dependencies",
-    "dependentSchemas", "properties", "patternProperties", "additionalProperties", "propertyNames", "items",
-    "prefixItems", "additionalItems", "unevaluatedItems", "unevaluatedProperties", "allOf", "anyOf", "oneOf", "not",
-    "if", "then", "else", "$ref", "$dynamicRef", "$recursiveRef",
-})
-_NAMES = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+    return any(_combines_objects(value) for key, value in node.items() if key not in DATA_KEYWORDS)
 
 
 def validation_keywords(node: Any) -> set[str]:
@@ -145,9 +111,9 @@ def validation_keywords(node: Any) -> set[str]:
         if not isinstance(item, dict):
             continue
         for key, value in item.items():
-            if key in ("enum", "const", "default", "examples"):  # values, not schemas
+            if key in DATA_KEYWORDS:  # values, not schemas
                 found |= {key} & VALIDATION_KEYWORDS
-            elif key in _NAMES and isinstance(value, dict):  # names -> schemas
+            elif key in MAP_KEYWORDS and isinstance(value, dict):  # names -> schemas
                 found |= {key} & VALIDATION_KEYWORDS
                 stack.extend(value.values())
             elif key in VALIDATION_KEYWORDS:

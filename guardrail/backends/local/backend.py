@@ -34,10 +34,13 @@ from guardrail.errors import BackendError
 
 if TYPE_CHECKING:
     from guardrail.backends.local.scheduler import Finished, Request
+    from guardrail.extractive import Spans
     from guardrail.schema import Schema
 
 __all__ = ["DEFAULT_MAX_BATCH", "LocalBackend"]
 
+#: Grammars held to one input's spans kept per model (an input recurs with its re-asks and votes).
+SPAN_GRAMMARS = 256
 #: Rows decoded at once by default: on a 2-core CPU, 16 is where a step's cost stops growing slower
 #: than the batch (issue 6's measurements); a GPU takes many more.
 DEFAULT_MAX_BATCH = 16
@@ -78,6 +81,7 @@ class LocalBackend(Backend):
 
     batches = True
     queues = True
+    spans = True
     wants_instructions = True
 
     def __init__(self, model: str | None = None, *, engine: str | None = None, device: str | None = None,
@@ -221,12 +225,19 @@ class LocalBackend(Backend):
 
     # -- generating -----------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling, *,
+                 spans: Sequence[Spans | None] | None = None) -> list[Generation]:
         """Generate one text per prompt; the rows join the model's running batch.
+
+        ``spans``, one per prompt: the input whose spans the chosen string fields are held to
+        while decoding (``guardrail.extractive``).
 
         >>> LocalBackend().generate(["Ada, 36"], schema, Sampling(max_new_tokens=64))  # doctest: +SKIP
         """
-        futures = [self.submit(prompt, schema, sampling) for prompt in prompts]
+        chosen = list(spans) if spans is not None else [None] * len(prompts)
+        if len(chosen) != len(prompts):
+            raise ValueError(f"got {len(chosen)} spans for {len(prompts)} prompts")
+        futures = [self.submit(prompt, schema, sampling, spans=one) for prompt, one in zip(prompts, chosen, strict=True)]
         try:
             return [future.result() for future in futures]
         except BaseException:  # Ctrl-C or a failure: the other rows need not run on
@@ -234,14 +245,15 @@ class LocalBackend(Backend):
                 future.cancel()
             raise
 
-    def submit(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> concurrent.futures.Future[Generation]:
+    def submit(self, prompt: Prompt, schema: Schema, sampling: Sampling, *,
+               spans: Spans | None = None) -> concurrent.futures.Future[Generation]:
         """Queue one prompt; the future resolves to its ``Generation`` when its row ends.
 
         Cancelling the future drops the row. Rows from every thread and every guard using this
         model share its batch.
         """
         model = self.load()
-        request = self.request(model, prompt, schema, sampling)
+        request = self.request(model, prompt, schema, sampling, spans)
         scheduler = model.scheduler(self.max_batch, self.threads)
         outer: concurrent.futures.Future[Generation] = concurrent.futures.Future()
 
@@ -267,11 +279,14 @@ class LocalBackend(Backend):
         outer.set_running_or_notify_cancel()
         return outer
 
-    def request(self, model: LoadedModel, prompt: Prompt, schema: Schema, sampling: Sampling) -> Request:
+    def request(self, model: LoadedModel, prompt: Prompt, schema: Schema, sampling: Sampling,
+                spans: Spans | None = None) -> Request:
         """The decode request for one prompt: its tokens, grammar and options."""
         from guardrail.backends.local.scheduler import Grammar, Request
 
         compiled = self._compiled(model, schema) if sampling.constrained else Compiled(None)
+        if spans is not None and compiled.engine is not None:
+            compiled = self._span_compiled(model, schema, spans, compiled)
         tokenizer = model.tokenizer
         text, templated = _render(tokenizer, prompt)
         tokens = tokenizer(text, add_special_tokens=not templated)["input_ids"]
@@ -283,6 +298,42 @@ class LocalBackend(Backend):
             grammar = Grammar(model.engine(compiled.engine), compiled.grammar)
         return Request(tokens=list(tokens), sampling=sampling, eos_ids=model.eos_ids, grammar=grammar, shared=shared,
                        stop_loops=self.stop_loops, share_prefix=self.share_prefix)
+
+    def _span_compiled(self, model: LoadedModel, schema: Schema, spans: Spans, plain: Compiled) -> Compiled:
+        """The grammar holding ``spans.fields`` to spans of ``spans.text`` (kept per schema and input);
+        the schema's own grammar, with a warning, when it cannot be built."""
+        key = (schema.hash, self.string_cap, spans.fields, spans.text)
+        with model.lock:
+            found = model.span_grammars.get(key)
+            if found is not None:
+                model.span_grammars.move_to_end(key)
+                return found
+        reason = ""
+        if plain.engine != "llguidance":
+            reason = (f"holding values to spans of the input needs the llguidance engine, and {plain.engine} "
+                      "constrains this schema")
+        else:
+            from guardrail.backends.span_grammar import span_lark
+
+            engine = model.engine("llguidance")
+            target = decoding_schema(schema.json_schema, string_cap=self.string_cap,
+                                     forbid_newlines=engine.forbid_newlines, cap_patterns=engine.cap_patterns)
+            try:
+                lark, held = span_lark(target, spans.fields, spans.text)
+                found = Compiled("llguidance", engine.compile_lark(lark)) if held else None  # type: ignore[attr-defined]
+                if not held:
+                    reason = "no chosen field lies where the grammar can hold it"
+            except (ValueError, EngineRefused) as exc:
+                reason = str(exc)
+        if found is None:
+            warnings.warn(f"guardrail: extractive fields of schema {schema.name!r} are checked after decoding only: "
+                          f"{reason}", RuntimeWarning, stacklevel=5)
+            found = plain
+        with model.lock:
+            model.span_grammars[key] = found
+            while len(model.span_grammars) > SPAN_GRAMMARS:
+                model.span_grammars.popitem(last=False)
+        return found
 
     @staticmethod
     def _generation(model: LoadedModel, finished: Finished) -> Generation:

@@ -117,6 +117,21 @@ class LLGuidance(Engine):
                 "whitespace_flexible": False, "item_separator": SEPARATORS[0], "key_separator": SEPARATORS[1]})
         except ValueError as exc:
             raise EngineRefused(str(exc)) from exc
+        return self._matcher(grammar)
+
+    def compile_lark(self, lark: str) -> Any:
+        """A grammar in llguidance's Lark syntax (``guardrail.backends.span_grammar``)."""
+        from llguidance import LLMatcher
+
+        try:
+            grammar = LLMatcher.grammar_from_lark(lark)
+        except ValueError as exc:
+            raise EngineRefused(str(exc)) from exc
+        return self._matcher(grammar)
+
+    def _matcher(self, grammar: str) -> Any:
+        from llguidance import LLMatcher
+
         is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
         if is_error:
             raise EngineRefused("; ".join(messages) or "invalid grammar")

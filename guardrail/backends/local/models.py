@@ -12,6 +12,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,8 @@ class LoadedModel:
     grammars: dict[tuple[str, str, int | None], Any] = field(default_factory=dict)
     # (schema hash, engine order, string cap) -> the engine chosen
     choices: dict[tuple[str, tuple[str, ...], int | None], Compiled] = field(default_factory=dict)
+    # (schema hash, string cap, fields, input) -> the grammar holding those fields to the input's spans
+    span_grammars: OrderedDict[tuple[Any, ...], Compiled] = field(default_factory=OrderedDict)
     compiles: int = 0
     disk_loads: int = 0  # grammars read from the on-disk cache instead of compiled
     _fingerprint: str | None = None
