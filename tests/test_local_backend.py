@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -300,13 +301,16 @@ def test_warm_call_compiles_nothing(backend: LocalBackend) -> None:
 
 @pytest.mark.slow
 @needs_model
-def test_engine_refusal_falls_back_with_a_warning(backend: LocalBackend) -> None:
+def test_engine_refusal_falls_back_with_a_warning(backend: LocalBackend, caplog: pytest.LogCaptureFixture) -> None:
     # llguidance refuses a format it does not know and says so; xgrammar compiles the schema.
     schema = Schema.load({"type": "object", "properties": {"file": {"type": "string", "format": "path"}},
                           "required": ["file"]}, name="path-format")
-    with pytest.warns(RuntimeWarning, match=r"llguidance engine cannot compile schema 'path-format'.*path"):
+    with pytest.warns(RuntimeWarning, match=r"llguidance engine cannot compile schema 'path-format'.*path"), \
+            caplog.at_level(logging.WARNING, logger="guardrail"):
         [out] = backend.generate([[{"role": "user", "content": "The file is /etc/hosts"}]], schema,
                                  Sampling(max_new_tokens=20))
+    [logged] = [r for r in caplog.records if getattr(r, "guardrail", {}).get("event") == "engine_fallback"]
+    assert logged.guardrail["engine"] == "llguidance" and logged.guardrail["fallback"] == "xgrammar"  # type: ignore[attr-defined]
     assert backend.engine_for(schema) == "xgrammar"
     assert out.text.startswith('{"file": "')
     with warnings.catch_warnings():

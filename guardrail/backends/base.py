@@ -72,8 +72,9 @@ class Generation:
 class StreamDelta:
     """A piece of a streamed generation: new answer ``text`` and new ``reasoning`` text.
 
-    The last delta of a stream has ``final`` true and carries the token counts and finish
-    reason when the backend knows them. ``assemble`` joins a stream's deltas into a ``Generation``.
+    The last delta of a stream has ``final`` true and carries the token counts, finish reason and
+    the whole output's ``logprobs`` (see ``Generation``) when the backend knows them. ``assemble``
+    joins a stream's deltas into a ``Generation``.
     """
 
     text: str = ""
@@ -82,6 +83,7 @@ class StreamDelta:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    logprobs: list[tuple[str, float]] | None = None
 
 
 def assemble(deltas: Iterable[StreamDelta], duration_s: float | None = None) -> Generation:
@@ -101,13 +103,13 @@ logprobs=None, reasoning=None)
             last = delta
     reasoning = "".join(thought)
     return Generation("".join(text), last.prompt_tokens, last.completion_tokens, last.finish_reason, duration_s,
-                      reasoning=reasoning or None)
+                      logprobs=last.logprobs, reasoning=reasoning or None)
 
 
 def whole(generation: Generation) -> StreamDelta:
     """A finished generation as the one, final delta of a stream."""
     return StreamDelta(generation.text, generation.reasoning or "", True, generation.prompt_tokens,
-                       generation.completion_tokens, generation.finish_reason)
+                       generation.completion_tokens, generation.finish_reason, generation.logprobs)
 
 
 class Backend(ABC):

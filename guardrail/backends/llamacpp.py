@@ -36,6 +36,10 @@ only evaluate what is new, with outputs identical bit for bit to a cold evaluati
 
 A schema llguidance refuses is generated unconstrained, with a warning; validation still runs.
 
+``stream`` yields the output token by token from this loop (run in a worker thread, so a slow
+reader never holds the model), ``reasoning=`` lets a reasoning model think before it answers
+(``guardrail.backends.reasoning_grammar``), as in the transformers runtime.
+
 >>> backend = LlamaCppBackend(n_threads=1)  # doctest: +SKIP
 >>> [g.text for g in backend.generate(["Ada Lovelace, London"], Schema.load("contact"), Sampling())]  # doctest: +SKIP
 ['{"name": "Ada Lovelace", ...}']
@@ -45,25 +49,30 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import concurrent.futures
 import importlib.util
 import json
 import os
+import queue
 import sys
 import threading
 import time
 import warnings
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guardrail.backends.base import Backend, Generation, Prompt, Sampling
+from guardrail.backends.base import Backend, Generation, Prompt, Sampling, StreamDelta
 from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, SEPARATORS, decoding_schema
 from guardrail.backends.local.engines import EngineRefused
 from guardrail.backends.loops import ends_in_loop
+from guardrail.backends.reasoning_grammar import reasoning_budget, reasoning_lark, tag_room, think_opened
 from guardrail.errors import BackendError
+from guardrail.events import engine_fallback
+from guardrail.messages import text_only
 
 if TYPE_CHECKING:
     from guardrail.schema import Schema
@@ -97,8 +106,9 @@ class _LoadedLlama:
     end_tokens: frozenset[int] = frozenset()  # every end-of-generation token
     pieces: list[bytes] = field(default_factory=list)  # token id -> its bytes (special tokens: b"")
     tokenizer: Any = None  # llguidance's tokenizer, built on first constrained use (about 1 s)
-    # (schema hash, string cap) -> an LLMatcher in its initial state, or the EngineRefused it raised
-    grammars: dict[tuple[str, int | None], Any] = field(default_factory=dict)
+    # (schema hash, string cap, thinking budget, block opened by the prompt) -> an LLMatcher in its
+    # initial state, or the EngineRefused it raised
+    grammars: dict[tuple[str, int | None, int, bool], Any] = field(default_factory=dict)
     compiles: int = 0
     # The KV-cache prefix snapshots: (threads, prompt prefix) -> the sequence state after it, most
     # recently used last; and the latest prompts, to spot a prefix worth a snapshot.
@@ -209,6 +219,8 @@ class LlamaCppBackend(Backend):
     without snapshots (see ``_feed_prompt``). SmolLM2-135M takes about 15 KB per token of
     prefix; a 7B model up to 0.5 MB. ``stop_loops``: end an output that repeats one unit over and
     over, with ``finish_reason="repetition"`` (see ``guardrail.backends.loops``; default ``True``).
+    ``reasoning``: let a reasoning model think before it answers, as ``LocalBackend`` does
+    (``True``: up to 512 tokens of thinking; a number: that many; default ``False``).
 
     One prompt at a time (``batches`` is false): ``Guard.run_many`` sends its prompts as
     concurrent calls, which take turns on the model. The model loads on first use, once per
@@ -226,7 +238,9 @@ class LlamaCppBackend(Backend):
     def __init__(self, model: str | os.PathLike[str] | None = None, *, n_threads: int | None = None,
                  threads: int | None = None, n_ctx: int = 2048, string_cap: int | None = DEFAULT_STRING_CAP,
                  engine: str | None = None, n_gpu_layers: int = 0, prefix_cache_mb: float = 256,
-                 stop_loops: bool = True) -> None:
+                 stop_loops: bool = True, reasoning: bool | int = False) -> None:
+        #: Tokens of thinking allowed before the answer (0: the model answers at once).
+        self.reasoning_tokens = reasoning_budget(reasoning)
         self.stop_loops = stop_loops
         if threads is not None and n_threads is not None and threads != n_threads:
             raise ValueError(f"give n_threads or threads, not both ({n_threads} and {threads})")
@@ -284,20 +298,29 @@ class LlamaCppBackend(Backend):
         """Load the model and compile ``schema`` ahead of the first call."""
         self._grammar(self.load(), schema)
 
-    def _grammar(self, loaded: _LoadedLlama, schema: Schema) -> Any:
-        """The compiled grammar for ``schema`` (an LLMatcher to copy), or None: generate unconstrained."""
-        key = (schema.hash, self.string_cap)
+    def engine_for(self, schema: Schema) -> str | None:
+        """``"llguidance"``, or None when it cannot constrain ``schema`` (generated unconstrained)."""
+        return "llguidance" if self._grammar(self.load(), schema) is not None else None
+
+    def _grammar(self, loaded: _LoadedLlama, schema: Schema, opened: bool = False) -> Any:
+        """The compiled grammar for ``schema`` (an LLMatcher to copy), or None: generate unconstrained.
+
+        With ``reasoning``, the grammar of a thinking block then the schema (``opened``: the prompt
+        has opened the block already).
+        """
+        key = (schema.hash, self.string_cap, self.reasoning_tokens, opened and bool(self.reasoning_tokens))
         with loaded.lock:
             if key not in loaded.grammars:
                 loaded.compiles += 1
                 target = decoding_schema(schema.json_schema, string_cap=self.string_cap, forbid_newlines=True,
                                          cap_patterns=True)
                 try:
-                    loaded.grammars[key] = _compile(loaded, json.dumps(target))
+                    loaded.grammars[key] = _compile(loaded, json.dumps(target), self.reasoning_tokens, opened)
                 except EngineRefused as exc:
                     loaded.grammars[key] = exc
                     warnings.warn(f"guardrail: llguidance cannot compile schema {schema.name!r} ({exc}); generating "
                                   "unconstrained, validation still applies", RuntimeWarning, stacklevel=4)
+                    engine_fallback(schema.name, "llguidance", None, str(exc))
             found = loaded.grammars[key]
         return None if isinstance(found, EngineRefused) else found
 
@@ -311,19 +334,62 @@ class LlamaCppBackend(Backend):
         if not prompts:
             return []
         loaded = self.load()
-        grammar = self._grammar(loaded, schema) if sampling.constrained else None
-        return [self._one(loaded, prompt, grammar, sampling) for prompt in prompts]
+        return [self._one(loaded, prompt, schema, sampling) for prompt in prompts]
 
-    def _one(self, loaded: _LoadedLlama, prompt: Prompt, grammar: Any, sampling: Sampling) -> Generation:
+    def stream(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> Iterator[StreamDelta]:
+        """Generate for one prompt, yielding its text token by token (a character split across tokens
+        comes whole with its last token); the joined deltas are exactly ``generate``'s text, the final
+        one carries the token counts, finish reason and log-probabilities. Closing it early ends the
+        generation at its next token."""
+        loaded = self.load()
+        pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        closed = threading.Event()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")  # as _texts decodes the whole output
+
+        def on_token(token: int) -> None:  # in the worker thread, with the model's lock held
+            if closed.is_set():
+                raise _StreamClosed("the stream was closed")
+            if piece := decoder.decode(loaded.pieces[token]):
+                pieces.put(piece)
+
+        done: concurrent.futures.Future[Generation] = concurrent.futures.Future()
+
+        def work() -> None:
+            try:
+                done.set_result(self._one(loaded, prompt, schema, sampling, on_token))
+            except BaseException as exc:  # noqa: BLE001 - handed to the reader's thread
+                done.set_exception(exc)
+            pieces.put(None)
+
+        threading.Thread(target=work, name="guardrail-llamacpp-stream", daemon=True).start()
+        sent = 0
+        try:
+            while (piece := pieces.get()) is not None:
+                sent += len(piece)
+                yield StreamDelta(piece)
+            generation = done.result()
+            if generation.text[sent:]:  # what the decoder held back at the very end
+                yield StreamDelta(generation.text[sent:])
+            yield StreamDelta(final=True, prompt_tokens=generation.prompt_tokens,
+                              completion_tokens=generation.completion_tokens, finish_reason=generation.finish_reason,
+                              logprobs=generation.logprobs)
+        finally:
+            closed.set()
+
+    def _one(self, loaded: _LoadedLlama, prompt: Prompt, schema: Schema, sampling: Sampling,
+             on_token: Callable[[int], None] | None = None) -> Generation:
+        """One generation; ``on_token`` gets each token of the output as it is chosen (an end token excepted)."""
         import numpy as np
 
         llama_cpp = _import_llama_cpp()
-        tokens, cuts = self._tokens(loaded, prompt)
+        tokens, cuts, opened = self._tokens(loaded, prompt)
+        grammar = self._grammar(loaded, schema, opened) if sampling.constrained else None
         room = self.n_ctx - len(tokens)
         if room < 1:
             raise BackendError(f"the prompt has {len(tokens)} tokens, which leaves no room in a context of "
                                f"{self.n_ctx}", hint="pass a larger n_ctx, or shorten the prompt")
-        budget = min(sampling.max_new_tokens, room)
+        thinking = tag_room(self.reasoning_tokens) if grammar is not None else 0
+        budget = min(sampling.max_new_tokens + thinking, room)
         matcher = grammar.deep_copy() if grammar is not None else None
         bitmask = np.zeros((1, (loaded.n_vocab + 31) // 32), dtype=np.int32) if matcher is not None else None
         sample = sampling.temperature > 0
@@ -364,6 +430,8 @@ class LlamaCppBackend(Backend):
                     out.append(loaded.eos)  # rejected (it should not happen): end, and let validation judge
                     finish = "stop"
                     break
+                if on_token is not None:
+                    on_token(token)
                 if penalty is not None:
                     seen.add(token)
                 if self.stop_loops and ends_in_loop(out):
@@ -472,13 +540,15 @@ class LlamaCppBackend(Backend):
         return allowed if allowed.any() else None
 
     @staticmethod
-    def _tokens(loaded: _LoadedLlama, prompt: Prompt) -> tuple[list[int], list[int]]:
-        """The prompt as tokens (through the GGUF's chat template when it has one), and its cuts.
+    def _tokens(loaded: _LoadedLlama, prompt: Prompt) -> tuple[list[int], list[int], bool]:
+        """The prompt as tokens (through the GGUF's chat template when it has one), its cuts, and whether
+        it opens a thinking block (``reasoning_grammar.think_opened``).
 
         The cuts are the token positions where a message ends (where the tokens of the leading
         messages alone stop), found from the prompt alone: the prompt is always evaluated in
         pieces between them, and KV-cache snapshots are taken only there (``_feed_prompt``).
         """
+        prompt = text_only(prompt, "LlamaCppBackend")
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         llama = loaded.llama
         if loaded.formatter is None:
@@ -486,7 +556,7 @@ class LlamaCppBackend(Backend):
                 text = prompt
             else:  # a base model without a template: a plain transcript that ends where the answer goes
                 text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
-            return list(llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)), []
+            return list(llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)), [], think_opened(text)
 
         def encode(text: str) -> list[int]:
             # The template writes any special tokens itself (transformers: add_special_tokens=False).
@@ -501,7 +571,7 @@ class LlamaCppBackend(Backend):
                 part = encode(head)
                 if 0 < len(part) < len(tokens) and tokens[:len(part)] == part:
                     cuts.append(len(part))
-        return tokens, sorted(set(cuts))
+        return tokens, sorted(set(cuts)), think_opened(text)
 
     def describe(self) -> dict[str, Any]:
         """Backend, runtime, model file, threads, context and library versions, for reports."""
@@ -520,6 +590,10 @@ class LlamaCppBackend(Backend):
         return info
 
 
+class _StreamClosed(Exception):
+    """Raised in the generating thread when nobody reads its stream any more: the generation ends."""
+
+
 def _default_threads() -> int:
     """Half the cores, at least one: llama.cpp's default for generating, used for prompts too."""
     return max(1, (os.cpu_count() or 2) // 2)
@@ -535,8 +609,9 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _compile(loaded: _LoadedLlama, schema_json: str) -> Any:
-    """An llguidance matcher for ``schema_json`` over the model's vocabulary; EngineRefused if it cannot."""
+def _compile(loaded: _LoadedLlama, schema_json: str, thinking: int = 0, opened: bool = False) -> Any:
+    """An llguidance matcher for ``schema_json`` over the model's vocabulary (after a thinking block of up
+    to ``thinking`` tokens, when above 0); EngineRefused if it cannot."""
     try:
         from llguidance import LLMatcher
         from llguidance.llamacpp import lltokenizer_from_vocab
@@ -550,9 +625,13 @@ def _compile(loaded: _LoadedLlama, schema_json: str) -> Any:
         with warnings.catch_warnings():  # it calls llama_token_get_attr, deprecated: two warnings per token
             warnings.simplefilter("ignore", DeprecationWarning)
             loaded.tokenizer = lltokenizer_from_vocab(vocab, eos_token=loaded.eos)
+    layout: Any = {"whitespace_flexible": False, "item_separator": SEPARATORS[0], "key_separator": SEPARATORS[1]}
     try:
-        grammar = LLMatcher.grammar_from_json_schema(schema_json, overrides={
-            "whitespace_flexible": False, "item_separator": SEPARATORS[0], "key_separator": SEPARATORS[1]})
+        if thinking:
+            answer = json.dumps({**json.loads(schema_json), "x-guidance": layout})
+            grammar = LLMatcher.grammar_from_lark(reasoning_lark(answer, thinking, opened=opened))
+        else:
+            grammar = LLMatcher.grammar_from_json_schema(schema_json, overrides=layout)
     except ValueError as exc:
         raise EngineRefused(str(exc)) from exc
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, loaded.tokenizer)

@@ -16,21 +16,28 @@ schema's compiled grammar) and the finished rows back into ``Generation`` object
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
+import logging
 import os
+import queue
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guardrail.backends.base import Backend, Generation, Prompt, Sampling
-from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, decoding_schema
+from guardrail.backends.base import Backend, Generation, Prompt, Sampling, StreamDelta
+from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, SEPARATORS, decoding_schema
 from guardrail.backends.local.engines import ENGINES, Engine, EngineRefused
 from guardrail.backends.local.models import Compiled, LoadedModel, load, loaded, resolve_device
+from guardrail.backends.reasoning_grammar import reasoning_budget, reasoning_lark, tag_room, think_opened
 from guardrail.errors import BackendError
+from guardrail.events import engine_fallback
+from guardrail.messages import text_only
 
 if TYPE_CHECKING:
     from guardrail.backends.local.scheduler import Finished, Request
@@ -38,6 +45,8 @@ if TYPE_CHECKING:
     from guardrail.schema import Schema
 
 __all__ = ["DEFAULT_MAX_BATCH", "LocalBackend"]
+
+logger = logging.getLogger("guardrail")
 
 #: Grammars held to one input's spans kept per model (an input recurs with its re-asks and votes).
 SPAN_GRAMMARS = 256
@@ -63,7 +72,17 @@ class LocalBackend(Backend):
     tokens repeat one unit over and over, with ``finish_reason="repetition"`` (default ``True``;
     see ``guardrail.backends.loops``). ``max_batch``: how many rows the model decodes at once
     (default 16); further requests wait for a free slot, and every request of the process for
-    this model shares them (several guards, several threads).
+    this model shares them (several guards, several threads). ``reasoning``: let the model think
+    before it answers (for reasoning models such as Qwen3 or DeepSeek-R1 distills): ``True`` for
+    up to ``DEFAULT_REASONING_TOKENS`` tokens of thinking, a number for that many, ``False`` (the
+    default) for none. The grammar then lets it write free text in a ``<think>`` block (opened by
+    the model, or already by the chat template) up to ``</think>``, closes the block when the
+    budget is spent, and holds what follows to the schema; ``max_new_tokens`` still bounds the
+    answer (the thinking budget comes on top). It needs the llguidance engine; the guard keeps the
+    thinking apart (``Attempt.reasoning``) and validates the answer.
+
+    ``stream`` yields the output token by token from the decode loop (as text: a character split
+    across tokens comes whole with its last token), ``astream`` the same for asyncio.
 
     The model loads on first use, once per process per (model, device); each schema is compiled
     once per engine, so a warm call compiles nothing (``compile_count`` says how many compilations
@@ -87,7 +106,12 @@ class LocalBackend(Backend):
     def __init__(self, model: str | None = None, *, engine: str | None = None, device: str | None = None,
                  string_cap: int | None = DEFAULT_STRING_CAP, threads: int | None = None,
                  grammar_cache: bool | str | os.PathLike[str] = True, share_prefix: bool = True,
-                 stop_loops: bool = True, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 stop_loops: bool = True, max_batch: int = DEFAULT_MAX_BATCH, reasoning: bool | int = False) -> None:
+        #: Tokens of thinking allowed before the answer (0: the model answers at once).
+        self.reasoning_tokens = reasoning_budget(reasoning)
+        if self.reasoning_tokens and engine not in (None, "llguidance"):
+            raise BackendError(f"reasoning= needs the llguidance engine, not {engine!r}",
+                               hint="leave engine unset (llguidance is tried first), or turn reasoning off")
         self.share_prefix = share_prefix
         self.stop_loops = stop_loops
         self.model_name = "embedded" if model in (None, "embedded") else str(model)
@@ -162,6 +186,7 @@ class LocalBackend(Backend):
                     warnings.warn(
                         f"guardrail: the {name} engine cannot compile schema {schema.name!r} ({exc}); "
                         f"falling back to {following}", RuntimeWarning, stacklevel=3)
+                    engine_fallback(schema.name, name, None if following == "unconstrained" else following, str(exc))
                     continue
                 choice = Compiled(name, grammar)
                 break
@@ -203,8 +228,9 @@ class LocalBackend(Backend):
                 try:
                     compiled = engine.deserialize(payload)
                 except Exception as exc:  # noqa: BLE001 - an engine that cannot read it: compile instead
-                    warnings.warn(f"guardrail: ignoring a cached {engine.name} grammar it cannot read ({exc})",
-                                  RuntimeWarning, stacklevel=5)
+                    logger.warning("guardrail: ignoring a cached %s grammar it cannot read (%s)", engine.name, exc,
+                                   extra={"guardrail": {"event": "grammar_cache", "engine": engine.name,
+                                                        "error": str(exc)}})
                 else:
                     loaded.disk_loads += 1
                     return compiled
@@ -219,8 +245,9 @@ class LocalBackend(Backend):
                 try:
                     disk.store(entry, payload, **facts)
                 except OSError as exc:  # a read-only or full disk: only slower next time
-                    warnings.warn(f"guardrail: could not write the grammar cache {disk.root}: {exc}",
-                                  RuntimeWarning, stacklevel=5)
+                    logger.warning("guardrail: could not write the grammar cache %s: %s", disk.root, exc,
+                                   extra={"guardrail": {"event": "grammar_cache", "engine": engine.name,
+                                                        "error": str(exc)}})
         return compiled
 
     # -- generating -----------------------------------------------------------------------------
@@ -284,11 +311,15 @@ class LocalBackend(Backend):
         """The decode request for one prompt: its tokens, grammar and options."""
         from guardrail.backends.local.scheduler import Grammar, Request
 
-        compiled = self._compiled(model, schema) if sampling.constrained else Compiled(None)
-        if spans is not None and compiled.engine is not None:
-            compiled = self._span_compiled(model, schema, spans, compiled)
+        prompt = text_only(prompt, type(self).__name__)
         tokenizer = model.tokenizer
         text, templated = _render(tokenizer, prompt)
+        compiled = self._compiled(model, schema) if sampling.constrained else Compiled(None)
+        if self.reasoning_tokens and compiled.engine is not None:
+            compiled = self._reasoning_compiled(model, schema, compiled, think_opened(text), spans is not None)
+            sampling = sampling.but(max_new_tokens=sampling.max_new_tokens + tag_room(self.reasoning_tokens))
+        elif spans is not None and compiled.engine is not None:
+            compiled = self._span_compiled(model, schema, spans, compiled)
         tokens = tokenizer(text, add_special_tokens=not templated)["input_ids"]
         shared = 0
         if templated and not isinstance(prompt, str) and len(prompt) > 1:
@@ -335,6 +366,115 @@ class LocalBackend(Backend):
                 model.span_grammars.popitem(last=False)
         return found
 
+    def _reasoning_compiled(self, model: LoadedModel, schema: Schema, plain: Compiled, opened: bool,
+                            extractive: bool) -> Compiled:
+        """The grammar of a thinking block then the schema (``guardrail.backends.reasoning_grammar``), kept
+        per schema; the schema's own grammar, with a warning, when llguidance does not constrain it."""
+        if plain.engine != "llguidance":
+            key = (schema.hash, f"reasoning-refused:{plain.engine}", self.string_cap)
+            if key not in model.grammars:
+                model.grammars[key] = True
+                logger.warning("guardrail: no thinking for schema %r: the reasoning grammar needs the llguidance "
+                               "engine, and %s constrains this schema", schema.name, plain.engine,
+                               extra={"guardrail": {"event": "reasoning_off", "schema": schema.name,
+                                                    "engine": plain.engine}})
+            return plain
+        if extractive:
+            key = (schema.hash, "reasoning-extractive", self.string_cap)
+            if key not in model.grammars:
+                model.grammars[key] = True
+                logger.info("guardrail: with reasoning, the extractive fields of schema %r are checked after "
+                            "decoding only", schema.name)
+        # An engine variant of the schema's grammar: kept beside the plain one, per budget and opening.
+        key = (schema.hash, f"llguidance+reasoning:{self.reasoning_tokens}:{int(opened)}", self.string_cap)
+        with model.lock:
+            found = model.grammars.get(key)
+            if found is None:
+                engine = model.engine("llguidance")
+                target = dict(decoding_schema(schema.json_schema, string_cap=self.string_cap,
+                                              forbid_newlines=engine.forbid_newlines, cap_patterns=engine.cap_patterns))
+                target["x-guidance"] = {"whitespace_flexible": False, "item_separator": SEPARATORS[0],
+                                        "key_separator": SEPARATORS[1]}
+                lark = reasoning_lark(json.dumps(target), self.reasoning_tokens, opened=opened)
+                model.compiles += 1
+                found = model.grammars[key] = engine.compile_lark(lark)  # type: ignore[attr-defined]
+        return Compiled("llguidance", found)
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def stream(self, prompt: Prompt, schema: Schema, sampling: Sampling, *,
+               spans: Spans | None = None) -> Iterator[StreamDelta]:
+        """Generate for one prompt in the running batch, yielding its text token by token.
+
+        The joined deltas are exactly ``generate``'s text; the final one carries the token counts,
+        finish reason and log-probabilities. Closing the iterator early ends the row.
+        """
+        model = self.load()
+        tokens: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        row, closed = self._submit_streaming(model, prompt, schema, sampling, spans, tokens.put)
+        text = _Detokenizer(model.tokenizer)
+        try:
+            while (token := tokens.get()) is not None:
+                if piece := text.add(token):
+                    yield StreamDelta(piece)
+            yield from self._ending(model, row.result(), text)
+        finally:
+            closed.set()
+            row.cancel()
+
+    async def astream(self, prompt: Prompt, schema: Schema, sampling: Sampling, *,
+                      spans: Spans | None = None) -> AsyncIterator[StreamDelta]:
+        """Async ``stream``: the tokens reach the event loop as the decode thread makes them."""
+        model = self.load()
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[int | None] = asyncio.Queue()
+
+        def hand_over(token: int | None) -> None:
+            loop.call_soon_threadsafe(tokens.put_nowait, token)
+
+        row, closed = self._submit_streaming(model, prompt, schema, sampling, spans, hand_over)
+        text = _Detokenizer(model.tokenizer)
+        try:
+            while (token := await tokens.get()) is not None:
+                if piece := text.add(token):
+                    yield StreamDelta(piece)
+            for delta in self._ending(model, await asyncio.wrap_future(row), text):
+                yield delta
+        finally:
+            closed.set()
+            row.cancel()
+
+    def _submit_streaming(self, model: LoadedModel, prompt: Prompt, schema: Schema, sampling: Sampling,
+                          spans: Spans | None, hand_over: Any) -> tuple[concurrent.futures.Future[Finished],
+                                                                          threading.Event]:
+        """Queue one row whose tokens go to ``hand_over`` from the decode thread, then ``None`` when it ends.
+
+        Setting the returned event ends the row at its next token (the decode loop ends a row
+        whose token callback raises).
+        """
+        request = self.request(model, prompt, schema, sampling, spans)
+        closed = threading.Event()
+
+        def on_token(token: int) -> None:
+            if closed.is_set():
+                raise _StreamClosed("the stream was closed")
+            hand_over(token)
+
+        request.on_token = on_token
+        row = model.scheduler(self.max_batch, self.threads).submit(request)
+        row.add_done_callback(lambda _: hand_over(None))  # after the last token: the same thread, in order
+        return row, closed
+
+    def _ending(self, model: LoadedModel, finished: Finished, text: _Detokenizer) -> Iterator[StreamDelta]:
+        """The text the last tokens held back, then the final delta."""
+        generation = self._generation(model, finished)
+        rest = text.rest(generation.text)
+        if rest:
+            yield StreamDelta(rest)
+        yield StreamDelta(final=True, prompt_tokens=generation.prompt_tokens,
+                          completion_tokens=generation.completion_tokens, finish_reason=generation.finish_reason,
+                          logprobs=generation.logprobs)
+
     @staticmethod
     def _generation(model: LoadedModel, finished: Finished) -> Generation:
         from guardrail.backends.local.sampling import token_logprobs
@@ -358,6 +498,44 @@ class LocalBackend(Backend):
             with suppress(PackageNotFoundError):
                 info[package] = version(package)
         return info
+
+
+class _StreamClosed(Exception):
+    """Raised in the decode thread for a row whose stream nobody reads any more: the row ends."""
+
+
+class _Detokenizer:
+    """The text of a growing list of tokens, handed out as it becomes final.
+
+    Each token decodes the whole list again, as ``sampling.token_logprobs`` does (tens of
+    microseconds for hundreds of tokens), so the pieces join to exactly what ``tokenizer.decode``
+    makes of the whole output. A piece is held back while it ends in half a character (U+FFFD) or
+    does not extend what was handed out (a tokenizer that tidies spaces before punctuation can
+    change its mind about the end of the text; its last word is then the text handed out).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd") or len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        piece = text[len(self.sent):]
+        self.sent = text
+        return piece
+
+    def rest(self, whole: str) -> str:
+        """What ``whole`` (the final text) adds to what was handed out."""
+        shared = 0
+        for a, b in zip(self.sent, whole, strict=False):
+            if a != b:
+                break
+            shared += 1
+        return whole[shared:]
 
 
 def _version(package: str) -> str:
