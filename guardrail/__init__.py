@@ -10,6 +10,7 @@ measure how robust an extraction stays under noisy prompts.
 
 from guardrail.backends.base import Backend, Generation, Sampling
 from guardrail.errors import BackendError, GuardError, GuardrailError, SchemaError, SuiteError, TransportError
+from guardrail.events import StreamEvent
 from guardrail.guard import Guard, guard
 from guardrail.result import Attempt, Issue, Result
 from guardrail.schema import Schema
@@ -31,6 +32,7 @@ __all__ = [
     "Sampling",
     "Schema",
     "SchemaError",
+    "StreamEvent",
     "SuiteError",
     "TransportError",
     "Validation",

@@ -43,6 +43,10 @@ class Attempt:
     ``prompt`` is exactly what was sent (a string or chat messages); ``output`` the raw text, or
     ``None`` when the call raised (``error`` then holds ``"ExceptionType: message"``).
     ``extracted`` is true when the JSON had to be dug out of prose or a fenced block.
+    ``reasoning`` is a reasoning model's thinking (its ``<think>`` block, or what the server sent
+    apart as ``reasoning_content``), kept beside the answer: ``output`` is the answer only, the
+    text that was validated and that a re-ask quotes, never the thinking. Its tokens are counted
+    in ``completion_tokens``.
 
     With ``strategy="vote"`` one attempt is one *round*: ``samples`` holds an ``Attempt`` per
     sample of the round (its ``sample`` index set, in the order they were drawn); the round's own
@@ -67,6 +71,7 @@ class Attempt:
     sample: int | None = None
     samples: list[Attempt] = field(default_factory=list)
     confidence: dict[str, float] | None = None
+    reasoning: str | None = None
 
     @property
     def tokens(self) -> int | None:
@@ -80,7 +85,8 @@ class Attempt:
         return self.ended == "valid"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy, for logs and reports (``sample``, ``samples`` and ``confidence`` only when set)."""
+        """A JSON-ready copy, for logs and reports (``sample``, ``samples``, ``confidence`` and ``reasoning``
+        only when set)."""
         extra: dict[str, Any] = {}
         if self.sample is not None:
             extra["sample"] = self.sample
@@ -88,6 +94,8 @@ class Attempt:
             extra["samples"] = [s.to_dict() for s in self.samples]
         if self.confidence is not None:
             extra["confidence"] = dict(self.confidence)
+        if self.reasoning is not None:
+            extra["reasoning"] = self.reasoning
         return {
             "prompt": self.prompt,
             "output": self.output,

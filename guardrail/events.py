@@ -284,9 +284,9 @@ def _tracer(tracing: bool | None, provider: Any) -> Any:
 
 
 def _version() -> str:
-    from guardrail import __version__
-
-    return __version__
+    # The package is imported by the time anything traces; importing it here would be a circle
+    # (the guard loop imports this module).
+    return str(getattr(sys.modules.get("guardrail"), "__version__", "unknown"))
 
 
 # -- the observer and one run's events ---------------------------------------------------
@@ -316,9 +316,14 @@ class Observer:
         """True when nothing listens: no hooks, no tracing, INFO logging off (events are then near free)."""
         return not self.hooks.any and self._current_tracer() is None and not logger.isEnabledFor(logging.INFO)
 
-    def run(self, prompt: Prompt, *, schema: str, backend: Backend | None, engine: str | None = None) -> RunEvents:
-        """The events of one run of ``prompt`` (emits ``run_start``)."""
-        return RunEvents(self, prompt, schema, backend, engine, self._current_tracer())
+    def run(self, prompt: Prompt, *, schema: str, backend: Backend | None, engine: str | None = None,
+            listener: Callable[[Event], None] | None = None) -> RunEvents:
+        """The events of one run of ``prompt`` (emits ``run_start``).
+
+        ``listener``: called with every event of this run after the hooks (``Guard.stream`` hands
+        them to its caller this way); unlike a hook's, its exceptions propagate.
+        """
+        return RunEvents(self, prompt, schema, backend, engine, self._current_tracer(), listener)
 
     def _current_tracer(self) -> Any:
         if (self._tracer is None and self.tracing is None and self.tracer_provider is None
@@ -330,12 +335,15 @@ class Observer:
 class RunEvents:
     """One run's events: call the methods as the run goes; each logs, calls hooks and traces."""
 
-    __slots__ = ("_attempt_span", "_backend", "_described", "_hooks", "_span", "_tracer", "engine", "number",
-                 "prompt", "schema", "started")
+    __slots__ = ("_attempt_span", "_backend", "_described", "_emits", "_hooks", "_listener", "_span", "_tracer",
+                 "engine", "number", "prompt", "schema", "started")
 
     def __init__(self, observer: Observer, prompt: Prompt, schema: str, backend: Backend | None, engine: str | None,
-                 tracer: Any) -> None:
+                 tracer: Any, listener: Callable[[Event], None] | None = None) -> None:
         self._hooks = observer.hooks
+        self._listener = listener
+        #: Whether anything takes event objects (hooks or the listener): else none is built.
+        self._emits = observer.hooks.any or listener is not None
         self._tracer = tracer
         self._backend = backend
         self._described: dict[str, Any] | None = None
@@ -351,21 +359,27 @@ class RunEvents:
             self._span = tracer.start_span("guardrail.run", attributes=_clean({
                 "guardrail.schema": schema, "guardrail.backend": self._info("backend"),
                 "gen_ai.request.model": self._info("model"), "guardrail.engine": self._engine()}))
-        if self._hooks.any:
-            self._hooks.emit(RunStarted(prompt, schema, self._info("backend"), self._info("model")))
+        if self._emits:
+            self._emit(RunStarted(prompt, schema, self._info("backend"), self._info("model")))
 
     @property
     def wants_stream(self) -> bool:
-        """Whether any hook takes stream events (else a streamed run need not build them)."""
-        return bool(self._hooks.by_kind["stream"])
+        """Whether any hook (or the listener) takes stream events (else a streamed run need not build them)."""
+        return self._listener is not None or bool(self._hooks.by_kind["stream"])
+
+    def _emit(self, event: Event) -> None:
+        if self._hooks.any:
+            self._hooks.emit(event)
+        if self._listener is not None:
+            self._listener(event)
 
     def attempt_started(self, prompt: Prompt, sampling: Sampling | None = None) -> None:
         """An attempt begins (its number is the previous one plus 1)."""
         self.number += 1
         if self._tracer is not None:
             self._start_attempt_span(prompt, sampling)
-        if self._hooks.any:
-            self._hooks.emit(AttemptStarted(self.number, prompt, sampling))
+        if self._emits:
+            self._emit(AttemptStarted(self.number, prompt, sampling))
 
     def attempt_ended(self, attempt: Attempt, error: BaseException | None = None) -> None:
         """The current attempt ended as ``attempt`` records; ``error``, the exception of a failed call."""
@@ -373,8 +387,8 @@ class RunEvents:
             self._log_attempt(attempt)
         if self._attempt_span is not None:
             self._end_attempt_span(attempt, error)
-        if self._hooks.any:
-            self._hooks.emit(AttemptEnded(self.number, attempt))
+        if self._emits:
+            self._emit(AttemptEnded(self.number, attempt))
 
     def retrying(self, wait_s: float, error: BaseException) -> None:
         """Another attempt follows the current one after ``wait_s`` seconds (0: a re-ask)."""
@@ -386,8 +400,8 @@ class RunEvents:
         if self._span is not None:
             self._span.add_event("guardrail.retry", {"guardrail.attempt": self.number, "guardrail.wait_s": wait_s,
                                                      "error.type": type(error).__name__})
-        if self._hooks.any:
-            self._hooks.emit(Retrying(self.number, wait_s, error))
+        if self._emits:
+            self._emit(Retrying(self.number, wait_s, error))
 
     def gave_up(self, error: GuardError) -> None:
         """The run ends without a valid output."""
@@ -399,13 +413,13 @@ class RunEvents:
                                              "error": str(error)}})
         if self._span is not None:
             self._span.set_status(_status(error_text=str(error).splitlines()[0] if str(error) else "gave up"))
-        if self._hooks.any:
-            self._hooks.emit(GaveUp(error))
+        if self._emits:
+            self._emit(GaveUp(error))
 
     def stream(self, event: StreamEvent) -> None:
-        """A streamed attempt made progress (only hooks see it; see ``wants_stream``)."""
-        if self._hooks.any:
-            self._hooks.emit(event)
+        """A streamed attempt made progress (hooks and the listener see it; see ``wants_stream``)."""
+        if self._emits:
+            self._emit(event)
 
     def finished(self, result: Result[Any]) -> None:
         """The run is over (call once, last): ends its span and calls ``on_run_end``."""
@@ -423,8 +437,8 @@ class RunEvents:
                 attributes["gen_ai.usage.output_tokens"] = sum(outputs)
             span.set_attributes(attributes)
             span.end()
-        if self._hooks.any:
-            self._hooks.emit(RunEnded(result))
+        if self._emits:
+            self._emit(RunEnded(result))
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -15,21 +15,25 @@ import heapq
 import inspect
 import itertools
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import tenacity
 from tenacity import DoAttempt, DoSleep, RetryCallState
 
-from guardrail import confidence, feedback, validation, voting
+from guardrail import confidence, events, feedback, messages, validation, voting
 from guardrail.backends import Backend, Generation, Prompt, Sampling, resolve
 from guardrail.backends.loops import RETRY_PENALTY
 from guardrail.errors import GuardError
+from guardrail.events import Event, RunEvents
 from guardrail.extractive import Spans, extractive_fields, span_issues
 from guardrail.leaves import schema_leaves
+from guardrail.reasoning import split_reasoning
 from guardrail.result import Attempt, Ending, Issue, Result
 from guardrail.retry import InvalidOutput, build_policy
 from guardrail.schema import Schema
+from guardrail.streaming import StreamReader
 
 T = TypeVar("T")
 
@@ -76,6 +80,21 @@ class Guard(Generic[T]):
     samples are in ``Attempt.samples``), its tokens count against ``token_budget``, and it is
     re-asked only when no sample is valid. ``Result.agreement`` and ``Result.confidence`` say how
     far to trust each field.
+
+    ``reask_history``: what a re-ask carries, ``"last"`` (the default: the first request plus only
+    the latest failed answer and its issues, so prompts do not grow with the attempts) or
+    ``"all"`` (every failed answer so far; see ``guardrail.feedback.next_request``).
+
+    ``hooks``, ``tracing``, ``tracer_provider``: who hears what happens during a run (attempts,
+    retries, stream progress), as ``guardrail.events`` describes: hook callables or objects,
+    and OpenTelemetry spans (``tracing=None``: when the application uses OpenTelemetry).
+
+    Prompts: a str or chat messages, whose content may hold image parts (``guardrail.messages``);
+    only backends that read images (a server, your own function) get them, a local model refuses
+    them with a ``BackendError``. A reasoning model's thinking (a ``<think>`` block, or the
+    server's ``reasoning_content``) is set apart in ``Attempt.reasoning`` and only the answer is
+    validated; a local model thinks before answering with ``reasoning=True`` (see
+    ``guardrail.backends.local.LocalBackend``).
     """
 
     def __init__(
@@ -104,8 +123,18 @@ class Guard(Generic[T]):
         repetition_penalty: float | None = None,
         max_new_tokens_cap: int = 2048,
         extractive: bool | Sequence[str] = False,
+        reask_history: str = feedback.DEFAULT_REASK_HISTORY,
+        hooks: Iterable[Any] | Any = (),
+        tracing: bool | None = None,
+        tracer_provider: Any = None,
         **backend_options: Any,
     ) -> None:
+        if reask_history not in feedback.REASK_HISTORIES:
+            raise ValueError(f"reask_history must be one of {', '.join(map(repr, feedback.REASK_HISTORIES))}, "
+                             f"got {reask_history!r}")
+        self.reask_history = reask_history
+        #: The hooks and tracing every run of this guard reports to (``guardrail.events``).
+        self.observer = events.Observer(hooks, tracing=tracing, tracer_provider=tracer_provider)
         self.strategy, temperature = _check_strategy(strategy, samples, temperature)
         self.samples = samples if self.strategy == "vote" else 1
         self.schema = Schema.load(schema, refs=refs, assert_formats=assert_formats)
@@ -131,14 +160,18 @@ class Guard(Generic[T]):
                                  max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
         _check_template(reask_template)
         self.backend.prepare(self.schema)
+        self._engine = _engine_of(self.backend, self.schema)
 
     # -- public entry points ---------------------------------------------------------------
 
     def run(self, prompt: Prompt, *, context: dict[str, Any] | None = None, **sampling: Any) -> Result[T]:
         """Run one prompt to a validated value; raise ``GuardError`` (holding every attempt) if none.
 
-        ``context``: what validation may consult; ``context["input"]`` is the text extractive
-        fields are copied from (default: the prompt's own text).
+        ``context``: what validation may consult, given to a pydantic model's validators as
+        ``info.context``. It always holds ``"input"``, the caller's input (the prompt's text, or
+        the last user message's; see ``guardrail.messages.user_input``), unless ``context`` gives
+        its own; extractive fields are copied from it. ``sampling``: ``Sampling`` fields to
+        change for this run (``temperature``, ``max_new_tokens``...).
         """
         episode = self._episode(prompt, sampling, context)
         if self.backend.queues:  # joins the model's running batch, beside other threads' prompts
@@ -157,6 +190,47 @@ class Guard(Generic[T]):
         else:
             await self._adrive([episode], self.backend)
         return episode.finished()
+
+    def stream(self, prompt: Prompt, *, context: dict[str, Any] | None = None, **sampling: Any) -> Iterator[Event]:
+        """Run one prompt as ``run`` does, yielding what happens as it happens, the answer as it is written.
+
+        The events are those hooks get (``guardrail.events``), in order: ``run_start``; per
+        attempt ``attempt_start`` (a new attempt: discard what the previous one showed), one
+        ``stream`` event (``StreamEvent``) per piece of the answer with the partial ``value``
+        (the JSON data complete so far; for a pydantic schema too, as a dict) and the JSON
+        Pointers it just ``completed``, then ``attempt_end`` (the ``Attempt``, validated) and,
+        when it failed, ``retry``; last ``run_end``, whose ``result`` is the ``Result`` ``run``
+        returns. A stream that ends invalid, or breaks off (a cut connection), is an attempt like
+        any other: re-asked or retried, the re-ask streaming too. When no attempt is valid,
+        ``give_up`` and ``run_end`` come, then the ``GuardError`` is raised, as ``run`` raises it.
+
+        >>> g = Guard({"type": "object"}, llm=lambda prompt: iter(['{"a": 1,', ' "b": 2}']))
+        >>> [(e.value, e.completed) for e in g.stream("Give a and b") if e.kind == "stream"]
+        [({'a': 1}, ('/a',)), ({'a': 1, 'b': 2}, ('/b', '')), ({'a': 1, 'b': 2}, ())]
+
+        Backends stream as they can: a local model token by token, a server by server-sent
+        events, your function when it returns (or is) an iterator of chunks; any other backend
+        as one piece when its answer is complete. ``strategy="vote"`` cannot stream (it picks
+        each field after all samples have ended): a ``ValueError``.
+        """
+        pending: deque[Event] = deque()
+        episode = self._stream_episode(prompt, sampling, context, pending)
+        return _stream(episode, self.backend, pending)
+
+    def astream(self, prompt: Prompt, *, context: dict[str, Any] | None = None,
+                **sampling: Any) -> AsyncIterator[Event]:
+        """Async ``stream``: ``async for event in guard.astream(prompt): ...``."""
+        pending: deque[Event] = deque()
+        episode = self._stream_episode(prompt, sampling, context, pending)
+        return _astream(episode, self.backend, pending)
+
+    def _stream_episode(self, prompt: Prompt, sampling: dict[str, Any], context: dict[str, Any] | None,
+                        pending: deque[Event]) -> _Episode:
+        if self.strategy == "vote":
+            raise ValueError("strategy='vote' cannot stream: it draws several samples per round and picks each field "
+                             "once all of them have ended; use run() for a vote, or strategy='greedy' or 'sample' "
+                             "to stream")
+        return self._episode(prompt, sampling, context, listener=pending.append)
 
     def run_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4,
                  context: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
@@ -178,8 +252,8 @@ class Guard(Generic[T]):
             for start in range(0, len(episodes), concurrency):
                 self._drive(episodes[start : start + concurrency], self.backend)
             return [e.result() for e in episodes]
-        return _run_coroutine(self.arun_many(prompts, concurrency=concurrency, context=context,  # type: ignore[no-any-return]
-                                             **sampling))
+        _run_coroutine(self._adrive_bounded(episodes, concurrency))
+        return [e.result() for e in episodes]
 
     async def arun_many(self, prompts: Sequence[Prompt], *, concurrency: int = 4,
                         context: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
@@ -213,6 +287,8 @@ class Guard(Generic[T]):
     def _drive(self, episodes: list[_Episode], backend: Backend) -> None:
         while active := [e for e in episodes if not e.done]:
             for sampling, group in _by_sampling(active):
+                for episode in group:
+                    episode.begin()
                 start = time.perf_counter()
                 calls = _calls(group, sampling, backend.batches)
                 if len(calls) == 1:
@@ -233,6 +309,8 @@ class Guard(Generic[T]):
     async def _adrive(self, episodes: list[_Episode], backend: Backend) -> None:
         while active := [e for e in episodes if not e.done]:
             for sampling, group in _by_sampling(active):
+                for episode in group:
+                    episode.begin()
                 start = time.perf_counter()
                 calls = _calls(group, sampling, backend.batches)
                 outcomes = await asyncio.gather(*(self._acall(backend, *call) for call in calls))
@@ -257,42 +335,61 @@ class Guard(Generic[T]):
 
         await asyncio.gather(*(one(e) for e in episodes))
 
-    def _episode(self, prompt: Prompt, overrides: dict[str, Any], context: dict[str, Any] | None = None) -> _Episode:
-        _check_prompt(prompt)
+    def _episode(self, prompt: Prompt, overrides: dict[str, Any], context: dict[str, Any] | None = None,
+                 listener: Callable[[Event], None] | None = None) -> _Episode:
+        messages.check_prompt(prompt)
         unknown = set(overrides) - set(Sampling.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown sampling options {sorted(unknown)}; known: {sorted(Sampling.__dataclass_fields__)}")
-        request = prompt
+        if context is not None and not isinstance(context, dict):
+            raise TypeError(f"context must be a dict (what validation may consult), got {type(context).__name__}")
+        # A runtime that reads text only gets one str per message, and refuses an image part by
+        # its place in the caller's prompt (before the instructions are put in front of it).
+        request = prompt if self.backend.reads_images else messages.text_only(prompt, type(self.backend).__name__)
         if self.backend.wants_instructions:
             from guardrail.prompting import instructions
 
-            user = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            user = [{"role": "user", "content": request}] if isinstance(request, str) else list(request)
             if self.instructions is not None:
                 request = [{"role": "system", "content": self.instructions}, *user]
             else:
                 if self._instructions is None:  # the same for every prompt: built once
                     self._instructions = instructions(self.schema.json_schema, self.examples)
                 request = [*self._instructions, *user]
+        consulted = {"input": messages.user_input(prompt), **(context or {})}
         spans = None
         if self.extractive:
-            text = context["input"] if context and "input" in context else _input_text(prompt)
+            text = consulted["input"]
             if not isinstance(text, str):
                 raise TypeError(f"context['input'] must be the input text (a str), got {type(text).__name__}")
             spans = Spans(text, self.extractive)
-        return _Episode(self, request, self.sampling.but(**overrides), spans)
+        run = self.observer.run(prompt, schema=self.schema.name, backend=self.backend, engine=self._engine,
+                                listener=listener)
+        return _Episode(self, request, self.sampling.but(**overrides) if overrides else self.sampling, spans, consulted,
+                        run)
 
     def __repr__(self) -> str:
         return f"Guard(schema={self.schema.name!r}, backend={type(self.backend).__name__})"
 
 
 class _Episode:
-    """One prompt's way through its attempts: decisions only, no I/O."""
+    """One prompt's way through its attempts: decisions only, no I/O.
 
-    def __init__(self, guard: Guard[Any], request: Prompt, sampling: Sampling, spans: Spans | None = None) -> None:
+    It tells ``events`` what happens as it decides; the drivers call ``begin`` before each call
+    (and ``progress`` for each piece of a streamed answer).
+    """
+
+    def __init__(self, guard: Guard[Any], request: Prompt, sampling: Sampling, spans: Spans | None,
+                 context: dict[str, Any], run: RunEvents) -> None:
         self.guard = guard
+        #: The first request: with ``reask_history="last"`` every re-ask is built from it.
+        self.original = request
         self.request = request
         self.sampling = sampling
         self.spans = spans
+        #: What validation may consult (``info.context`` of pydantic validators).
+        self.context = context
+        self.events = run
         self.attempts: list[Attempt] = []
         # A copy per episode: tenacity keeps per-run statistics on the policy object.
         self.policy = guard.policy.copy()
@@ -308,8 +405,17 @@ class _Episode:
         self.fanout = guard.samples if guard.strategy == "vote" else 1
         self.done = False
         self.pause = 0.0
+        self._result: Result[Any] | None = None
         first = self.policy.iter(self.state)
         assert isinstance(first, DoAttempt), "a tenacity policy always starts with an attempt"
+
+    def begin(self) -> None:
+        """An attempt (a call, or a vote round) is about to be made."""
+        self.events.attempt_started(self.request, self.sampling)
+
+    def progress(self, event: events.StreamEvent) -> None:
+        """A streamed attempt made progress."""
+        self.events.stream(event)
 
     def record_round(self, outcomes: Sequence[Generation | BaseException], duration_s: float) -> None:
         """Judge one round: a single output, or the samples of a vote."""
@@ -330,7 +436,8 @@ class _Episode:
         if checked.ok:
             self.value, self.raw, self.confidence = checked.value, attempt.output, attempt.confidence
             self.state.set_result(checked.value)
-            self.done = True
+            self.events.attempt_ended(attempt)
+            self._finish()
             return
         failure = InvalidOutput(checked.issues)
         self.state.set_exception((InvalidOutput, failure, None))
@@ -339,28 +446,34 @@ class _Episode:
 
     def _judge(self, outcome: Generation | BaseException, duration_s: float,
                sample: int | None = None) -> tuple[Attempt, validation.Validation | None]:
-        """The attempt for one output (validated; with field confidence when valid)."""
+        """The attempt for one output (validated; with field confidence when valid).
+
+        A reasoning model's thinking is set apart first: only the answer is validated, recorded
+        as the output and quoted by a re-ask.
+        """
         prompt = self.request
         if isinstance(outcome, BaseException):
             ended: Ending = "timeout" if isinstance(outcome, TimeoutError) else "error"
             return Attempt(prompt=prompt, output=None, duration_s=duration_s, error=f"{type(outcome).__name__}: {outcome}",
                            ended=ended, sample=sample), None
-        checked = validation.validate(self.guard.schema, outcome.text)
+        reasoning, answer = _reasoning_and_answer(outcome)
+        checked = validation.validate(self.guard.schema, answer, self.context)
         if checked.ok and self.spans is not None:
             off_input = span_issues(checked.parsed, self.spans.fields, self.spans.text)
             if off_input:
                 checked = validation.Validation(issues=off_input, extracted=checked.extracted, parsed=checked.parsed)
         truncated = checked.truncated or (not checked.ok and outcome.finish_reason == "length")
         attempt = Attempt(
-            prompt=prompt, output=outcome.text, issues=checked.issues, duration_s=outcome.duration_s or duration_s,
+            prompt=prompt, output=answer, issues=checked.issues, duration_s=outcome.duration_s or duration_s,
             prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
             ended="valid" if checked.ok else "truncated" if truncated else "invalid",
             extracted=checked.extracted, finish_reason=outcome.finish_reason,
-            max_new_tokens=self.sampling.max_new_tokens, sample=sample,
+            max_new_tokens=self.sampling.max_new_tokens, sample=sample, reasoning=reasoning,
         )
         if checked.ok and outcome.logprobs:
-            attempt.confidence = confidence.field_confidence(outcome.text, outcome.logprobs, self.guard.leaves,
-                                                             checked.parsed)
+            tokens = _answer_tokens(outcome.logprobs, len(outcome.text) - len(answer)) if reasoning is not None \
+                else outcome.logprobs
+            attempt.confidence = confidence.field_confidence(answer, tokens, self.guard.leaves, checked.parsed)
         return attempt, checked
 
     def _record_votes(self, outcomes: Sequence[Generation | BaseException], duration_s: float) -> None:
@@ -380,7 +493,7 @@ class _Episode:
             schema = self.guard.schema
             ballots = [voting.Ballot(c.parsed, a.output, a.confidence) for a, c in valid]
             chosen = voting.vote(ballots, self.guard.leaves, self._acceptable)
-            checked = validation.validate(schema, chosen.text)
+            checked = validation.validate(schema, chosen.text, self.context)
             if not checked.ok:  # cannot happen for a text that was just checked; keep a sample then
                 chosen = voting.vote(ballots[:1], self.guard.leaves)
                 checked = valid[0][1]
@@ -393,7 +506,8 @@ class _Episode:
             self.value, self.raw = checked.value, chosen.text
             self.agreement, self.confidence = chosen.agreement, round_.confidence
             self.state.set_result(checked.value)
-            self.done = True
+            self.events.attempt_ended(round_)
+            self._finish()
             return
         answered = [(a, c) for a, c in judged if c is not None]
         if not answered:  # every call of the round raised
@@ -413,13 +527,15 @@ class _Episode:
 
     def _acceptable(self, data: Any) -> bool:
         """Whether parsed data is a valid answer: the schema, and the spans when extractive."""
-        if validation.check(self.guard.schema, data):
+        if validation.check(self.guard.schema, data, self.context):
             return False
         return self.spans is None or not span_issues(data, self.spans.fields, self.spans.text)
 
     def _decide(self, failure: BaseException, *, output: str | None = None, issues: Sequence[Issue] = (),
                 truncated: bool = False, looped: bool = False) -> None:
-        over_budget = self._over_budget()
+        """After a failed attempt (the last in ``attempts``): retry, with what request and after what pause, or give up."""
+        over_budget = self._over_budget()  # may mark the attempt as the one that spent the budget
+        self.events.attempt_ended(self.attempts[-1], error=None if isinstance(failure, InvalidOutput) else failure)
         if over_budget:
             self._give_up(f"stopped: {over_budget}", failure)
             return
@@ -441,8 +557,10 @@ class _Episode:
             self._give_up(f"stopped: the time budget of {self.guard.time_budget_s:g} s would be exceeded", failure)
             return
         self.state.prepare_for_next_attempt()
-        self.request = feedback.reask(self.request, output, issues, self.guard.reask_template,
-                                      error=None if output is not None else str(failure))
+        self.events.retrying(self.pause, failure)
+        self.request = feedback.next_request(self.original, self.request, output, issues, self.guard.reask_template,
+                                             error=None if output is not None else str(failure),
+                                             history=self.guard.reask_history)
         self.sampling = self._next_sampling(truncated, looped)
 
     def _next_sampling(self, truncated: bool, looped: bool) -> Sampling:
@@ -483,12 +601,25 @@ class _Episode:
         error.__cause__ = None if isinstance(failure, InvalidOutput) else failure
         self.error = error
         self.raw = next((a.output for a in reversed(self.attempts) if a.output is not None), None)
+        self.events.gave_up(error)
+        self._finish()
+
+    def abandon(self) -> None:
+        """The caller stopped reading a stream before the run ended: end it as given up."""
+        if not self.done:
+            self._give_up("stopped: the caller stopped reading the stream", RuntimeError("the stream was closed"))
+
+    def _finish(self) -> None:
         self.done = True
+        self._result = Result(self.value, self.raw, self.attempts, self.error, agreement=self.agreement,
+                              confidence=self.confidence)
+        self.events.finished(self._result)
 
     def result(self) -> Result[Any]:
         """The outcome, failure included (for ``run_many``)."""
-        return Result(self.value, self.raw, self.attempts, self.error, agreement=self.agreement,
-                      confidence=self.confidence)
+        if self._result is None:
+            raise RuntimeError("the run has not ended yet")
+        return self._result
 
     def finished(self) -> Result[Any]:
         """The outcome for ``run``: the result, or raise the ``GuardError`` that ended the loop."""
@@ -544,12 +675,38 @@ def _spans_of(backend: Backend, episodes: Sequence[_Episode]) -> dict[str, Any]:
     return {"spans": [e.spans for e in episodes]}
 
 
-def _input_text(prompt: Prompt) -> str:
-    """The caller's input in a prompt: the text itself, or the last user message's."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m.get("content") for m in prompt if m.get("role") == "user"]
-    return users[-1] if users and isinstance(users[-1], str) else ""
+def _reasoning_and_answer(outcome: Generation) -> tuple[str | None, str]:
+    """A model's thinking (``None``: there was none) and its answer: the server's reasoning field, else
+    a ``<think>`` block at the start of the text (``guardrail.reasoning``)."""
+    if outcome.reasoning is None:
+        return split_reasoning(outcome.text)
+    inline, answer = split_reasoning(outcome.text, implicit_open=False)  # a server may leave an empty block
+    return (f"{outcome.reasoning}\n{inline}" if inline else outcome.reasoning), answer
+
+
+def _answer_tokens(tokens: list[tuple[str, float]], start: int) -> list[tuple[str, float]]:
+    """The log-probabilities of the answer only: the tokens from character ``start`` of the output on
+    (a token that straddles it keeps its part after ``start``)."""
+    kept: list[tuple[str, float]] = []
+    position = 0
+    for piece, logprob in tokens:
+        end = position + len(piece)
+        if end > start:
+            kept.append((piece[max(start - position, 0):], logprob))
+        position = end
+    return kept
+
+
+def _engine_of(backend: Backend, schema: Schema) -> str | None:
+    """The grammar engine that constrains ``schema`` on ``backend`` (for traces), when it says."""
+    engine_for = getattr(backend, "engine_for", None)
+    if not callable(engine_for):
+        return None
+    try:
+        found = engine_for(schema)
+    except Exception:  # noqa: BLE001 - naming the engine is best effort
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _pause(episodes: list[_Episode]) -> float:
@@ -612,6 +769,7 @@ class _InFlight:
 
     def launch(self, episode: _Episode) -> None:
         """Submit the episode's next attempt: one request, or one per sample of a vote."""
+        episode.begin()
         samplings = [episode.sampling if episode.sampling.seed is None or i == 0
                      else episode.sampling.but(seed=episode.sampling.seed + i) for i in range(episode.fanout)]
         self.rounds[id(episode)] = ([_PENDING] * len(samplings), time.monotonic())
@@ -705,6 +863,89 @@ async def _aiter_queued(episodes: Sequence[_Episode], backend: Backend) -> Async
         flight.cancel()
 
 
+def _drain(pending: deque[Event]) -> Iterator[Event]:
+    while pending:
+        yield pending.popleft()
+
+
+def _stream(episode: _Episode, backend: Backend, pending: deque[Event]) -> Iterator[Event]:
+    """Drive one episode through a backend's ``stream``, yielding its events as they come."""
+    schema = episode.guard.schema
+    try:
+        while True:
+            yield from _drain(pending)
+            if episode.done:
+                break
+            episode.begin()
+            yield from _drain(pending)
+            reader = StreamReader(episode.events.number)
+            started = time.perf_counter()
+            deltas: Iterator[Any] | None = None
+            outcome: Generation | BaseException
+            try:
+                deltas = backend.stream(episode.request, schema, episode.sampling, **_spans_of(backend, [episode]))
+                for delta in deltas:
+                    episode.progress(reader.feed(delta))
+                    yield from _drain(pending)
+                outcome = reader.generation(time.perf_counter() - started)
+            except Exception as exc:  # noqa: BLE001 - recorded as the attempt's failure, like a failed call
+                outcome = exc
+            finally:
+                close = getattr(deltas, "close", None)
+                if close is not None:
+                    close()
+            episode.record(outcome, time.perf_counter() - started)
+            yield from _drain(pending)
+            if not episode.done and episode.pause:
+                time.sleep(episode.pause)
+    except GeneratorExit:
+        episode.abandon()
+        raise
+    if episode.error is not None:
+        raise episode.error
+
+
+async def _astream(episode: _Episode, backend: Backend, pending: deque[Event]) -> AsyncIterator[Event]:
+    """Async ``_stream``: the same decisions, awaiting the backend's ``astream`` and the back-off."""
+    schema = episode.guard.schema
+    try:
+        while True:
+            for event in _drain(pending):
+                yield event
+            if episode.done:
+                break
+            episode.begin()
+            for event in _drain(pending):
+                yield event
+            reader = StreamReader(episode.events.number)
+            started = time.perf_counter()
+            deltas: AsyncIterator[Any] | None = None
+            outcome: Generation | BaseException
+            try:
+                deltas = backend.astream(episode.request, schema, episode.sampling, **_spans_of(backend, [episode]))
+                async for delta in deltas:
+                    episode.progress(reader.feed(delta))
+                    for event in _drain(pending):
+                        yield event
+                outcome = reader.generation(time.perf_counter() - started)
+            except Exception as exc:  # noqa: BLE001
+                outcome = exc
+            finally:
+                close = getattr(deltas, "aclose", None)
+                if close is not None:
+                    await close()
+            episode.record(outcome, time.perf_counter() - started)
+            for event in _drain(pending):
+                yield event
+            if not episode.done and episode.pause:
+                await asyncio.sleep(episode.pause)
+    except (GeneratorExit, asyncio.CancelledError):
+        episode.abandon()
+        raise
+    if episode.error is not None:
+        raise episode.error
+
+
 def _run_coroutine(coroutine: Awaitable[Any]) -> Any:
     """Run a coroutine from sync code, also when an event loop already runs (notebooks)."""
     try:
@@ -715,19 +956,6 @@ def _run_coroutine(coroutine: Awaitable[Any]) -> Any:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()  # type: ignore[arg-type]
-
-
-def _check_prompt(prompt: Any) -> None:
-    if isinstance(prompt, str):
-        return
-    if isinstance(prompt, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
-    ) and prompt:
-        return
-    raise TypeError(
-        "a prompt must be a str or a non-empty list of chat messages {'role': str, 'content': str}, "
-        f"got {type(prompt).__name__}"
-    )
 
 
 def _check_strategy(strategy: str | None, samples: int, temperature: float | None) -> tuple[str, float]:
@@ -773,7 +1001,18 @@ def guard(schema: Any, **options: Any) -> Callable[[Callable[..., Any]], Callabl
     >>> ask("Where?")
     {'city': 'Oslo'}
 
-    The ``Guard`` behind it is ``ask.guard``; options are those of ``Guard``.
+    The ``Guard`` behind it is ``ask.guard``; options are those of ``Guard``. Two more ways to
+    call it take the same arguments plus ``context=`` (what validation may consult, see
+    ``Guard.run``; the plain call passes every argument to the function, so it has none):
+    ``ask.run(prompt, ..., context=None)`` returns the whole ``Result``, and
+    ``ask.stream(prompt, ..., context=None)`` yields the run's events as ``Guard.stream`` does
+    (the function streams by returning, or being, an iterator of chunks). For an ``async def``
+    function both are async (``await ask.run(...)``, ``async for event in ask.stream(...)``).
+
+    >>> ask.run("Where?").attempts[0].ended
+    'valid'
+    >>> [event.kind for event in ask.stream("Where?")][-1]
+    'run_end'
     """
     if "llm" in options or "model" in options:
         raise TypeError("guard() wraps the decorated function; do not pass llm= or model=")
@@ -791,22 +1030,44 @@ def guard(schema: Any, **options: Any) -> Callable[[Callable[..., Any]], Callabl
 
         if inspect.iscoroutinefunction(fn):
 
+            async def arun(prompt: Prompt, *args: Any, context: dict[str, Any] | None = None,
+                           **kwargs: Any) -> Result[Any]:
+                episode = core._episode(prompt, {}, context)
+                await core._adrive([episode], bound(args, kwargs))
+                return episode.finished()
+
+            def astream(prompt: Prompt, *args: Any, context: dict[str, Any] | None = None,
+                        **kwargs: Any) -> AsyncIterator[Event]:
+                pending: deque[Event] = deque()
+                episode = core._stream_episode(prompt, {}, context, pending)
+                return _astream(episode, bound(args, kwargs), pending)
+
             @functools.wraps(fn)
             async def async_wrapper(prompt: Prompt, *args: Any, **kwargs: Any) -> Any:
-                episode = core._episode(prompt, {})
-                await core._adrive([episode], bound(args, kwargs))
-                return episode.finished().value
+                return (await arun(prompt, *args, **kwargs)).value
 
             async_wrapper.guard = core  # type: ignore[attr-defined]
+            async_wrapper.run = arun  # type: ignore[attr-defined]
+            async_wrapper.stream = astream  # type: ignore[attr-defined]
             return async_wrapper
+
+        def run(prompt: Prompt, *args: Any, context: dict[str, Any] | None = None, **kwargs: Any) -> Result[Any]:
+            episode = core._episode(prompt, {}, context)
+            core._drive([episode], bound(args, kwargs))
+            return episode.finished()
+
+        def stream(prompt: Prompt, *args: Any, context: dict[str, Any] | None = None, **kwargs: Any) -> Iterator[Event]:
+            pending: deque[Event] = deque()
+            episode = core._stream_episode(prompt, {}, context, pending)
+            return _stream(episode, bound(args, kwargs), pending)
 
         @functools.wraps(fn)
         def wrapper(prompt: Prompt, *args: Any, **kwargs: Any) -> Any:
-            episode = core._episode(prompt, {})
-            core._drive([episode], bound(args, kwargs))
-            return episode.finished().value
+            return run(prompt, *args, **kwargs).value
 
         wrapper.guard = core  # type: ignore[attr-defined]
+        wrapper.run = run  # type: ignore[attr-defined]
+        wrapper.stream = stream  # type: ignore[attr-defined]
         return wrapper
 
     return decorate

@@ -1,8 +1,8 @@
 """Events of a run (``guardrail.events``): log records, hooks and OpenTelemetry spans.
 
-The guard loop is not wired to these yet (phase 2); ``drive`` below plays its part with the real
-pieces: a ``CallableBackend`` around scripted outputs, ``validate``, and the ``RunEvents`` calls
-the loop will make.
+``drive`` below plays the guard loop's part with the real pieces: a ``CallableBackend`` around
+scripted outputs, ``validate``, and the ``RunEvents`` calls the loop makes. The guard's own calls
+are tested in ``test_guard_events.py`` (and a stream's in ``test_guard_stream.py``).
 """
 
 from __future__ import annotations

@@ -12,11 +12,12 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import tenacity
 from fault_proxy import Fault, FaultProxy
 from llama_server import MODEL_ALIAS
 from test_remote_backend import PERSON, server  # noqa: F401 - the server fixture, reused
 
-from guardrail import TransportError, validate
+from guardrail import Guard, StreamEvent, TransportError, validate
 from guardrail.backends.base import Sampling, StreamDelta, assemble
 from guardrail.backends.remote import RemoteBackend
 from guardrail.schema import Schema
@@ -71,3 +72,24 @@ def test_a_stream_cut_by_the_proxy_is_a_transport_error(forwarding: FaultProxy) 
         list(backend.stream(PROMPT, schema, SAMPLING))
     assert [e.cut for e in proxy.exchanges("/chat/completions")] == [True, True]
     assert all(r.error for r in backend.log)
+
+
+def test_a_guard_streams_from_the_server_and_retries_a_stream_cut_mid_way(forwarding: FaultProxy) -> None:
+    proxy = forwarding
+    proxy.add(Fault(forward=True, cut_after_events=6))
+    retries = tenacity.Retrying(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(0.01),
+                                retry=tenacity.retry_if_exception_type(TransportError))
+    g = Guard(PERSON, base_url=proxy.url + "/v1", model=MODEL_ALIAS, structured="json_object", retries=retries,
+              max_new_tokens=48)
+    events = list(g.stream(PROMPT))
+    assert [e.kind for e in events if e.kind != "stream"] == [
+        "run_start", "attempt_start", "attempt_end", "retry", "attempt_start", "attempt_end", "run_end"]
+    cut = [e for e in events if isinstance(e, StreamEvent) and e.attempt == 1]
+    whole = [e for e in events if isinstance(e, StreamEvent) and e.attempt == 2]
+    assert cut and not any(e.done for e in cut), "the first answer broke off"
+    result = events[-1].result  # type: ignore[union-attr]
+    first = result.attempts[0]
+    assert first.output is None and first.ended == "error" and first.error.startswith("TransportError: ")
+    assert len(whole) > 5 and whole[-1].done and whole[-1].value == result.value
+    assert result.value == g.run(PROMPT).value, "the streamed answer is the one run gets"
+    assert [e.body["stream"] for e in proxy.exchanges("/chat/completions")] == [True, True, False]

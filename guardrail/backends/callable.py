@@ -1,8 +1,9 @@
 """A backend around the user's own function: any SDK call, HTTP request or pipeline.
 
 The function receives the prompt (a string or chat messages) and returns text. It may also return
-a ``Generation`` (to report tokens) or an OpenAI-style response object, whose text and token
-usage are read. Sync and async functions both work from ``run`` and ``arun``.
+a ``Generation`` (to report tokens) or an OpenAI-style response object, whose text, token usage
+and reasoning (``message.reasoning_content``, as reasoning servers send it) are read. Sync and
+async functions both work from ``run`` and ``arun``.
 
 A function may also stream: return (or be a generator of) an iterator or async iterator of
 chunks, each a str, a ``StreamDelta``, or an OpenAI-style stream chunk (``choices[0].delta``,
@@ -154,12 +155,14 @@ def as_generation(out: Any, duration_s: float) -> Generation:
         if isinstance(text, str):
             usage = getattr(out, "usage", None)
             reason = getattr(first, "finish_reason", None)
+            thought = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
             return Generation(
                 text=text,
                 prompt_tokens=getattr(usage, "prompt_tokens", None),
                 completion_tokens=getattr(usage, "completion_tokens", None),
                 finish_reason="length" if reason == "length" else reason,
                 duration_s=duration_s,
+                reasoning=thought if isinstance(thought, str) else None,
             )
     raise BackendError(
         f"the LLM function returned {type(out).__name__}; it must return the model's text as a str",
