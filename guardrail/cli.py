@@ -114,6 +114,10 @@ def generate(
     base_url: Annotated[str | None, typer.Option(
         help="An OpenAI-compatible server instead of a local model (e.g. http://127.0.0.1:8000/v1); "
              "--model then names the server's model (default: its only one).")] = None,
+    stream: Annotated[bool, typer.Option(
+        "--stream",
+        help="Show each field on stderr as soon as the model has written it ('/name = \"Ada\"'); a re-ask "
+             "starts over under an 'attempt N' line. The validated JSON still goes to stdout at the end.")] = False,
 ) -> None:
     """Extract TEXT into JSON valid against --schema with a local model or a server; print the JSON.
 
@@ -134,7 +138,7 @@ def generate(
             else {"model": model, "engine": engine.value if engine else None, "runtime": runtime.value})
         guard: Guard[Any] = Guard(schema, retries=retries, max_new_tokens=max_new_tokens, temperature=temperature,
                                   **where)
-        result = guard.run(_read_text(text))
+        result = _stream_fields(guard, _read_text(text)) if stream else guard.run(_read_text(text))
     except GuardError as error:
         _print_issues(error)
         raise typer.Exit(1) from None
@@ -148,6 +152,26 @@ def generate(
             console.print(f"attempt {number}: {attempt.ended}, {attempt.duration_s:.2f} s, "
                           f"{attempt.completion_tokens} tokens")
     typer.echo(json.dumps(result.data, ensure_ascii=False, indent=2))
+
+
+def _stream_fields(guard: Any, text: str) -> Any:
+    """Run ``guard.stream``, showing each leaf field on stderr as it completes; the ``Result``."""
+    from guardrail.leaves import resolve
+
+    console = stderr_console()
+    result = None
+    for event in guard.stream(text):
+        if event.kind == "attempt_start" and event.number > 1:
+            console.print(Text(f"attempt {event.number}: the previous answer was not valid; its fields are void",
+                               style="yellow"))
+        elif event.kind == "stream":
+            for pointer in event.completed:
+                value = resolve(event.value, pointer)
+                if not isinstance(value, (dict, list)):
+                    console.print(Text.assemble((pointer or "/", "bold"), " = ", json.dumps(value, ensure_ascii=False)))
+        elif event.kind == "run_end":
+            result = event.result
+    return result
 
 
 @app.command()

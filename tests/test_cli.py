@@ -212,6 +212,31 @@ def test_generate_prints_json_or_every_attempt_literally(monkeypatch: pytest.Mon
     assert bad.stderr.count("output: '[/bold] not [red]json'") == 2
 
 
+def test_generate_stream_shows_each_field_as_it_lands_and_prints_the_json() -> None:
+    from fault_proxy import FaultProxy, chunk, sse
+
+    def streamed(text: str) -> Any:
+        pieces = [text[i:i + 5] for i in range(0, len(text), 5)]
+        return sse(*(chunk(p) for p in pieces), chunk(finish_reason="stop"))
+
+    invalid = '{"name": "[b]Ada[/b]", "email": 7}'
+    with FaultProxy(faults=[streamed(invalid), streamed(json.dumps(CONTACT))]) as proxy:
+        result = invoke("generate", "Ada, ada@example.com", "--schema", "contact", "--stream",
+                        "--base-url", proxy.url + "/v1", "--model", "canned")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == CONTACT, "stdout holds the validated JSON only"
+    assert result.stderr.splitlines() == [
+        '/name = "[b]Ada[/b]"', "/email = 7",
+        "attempt 2: the previous answer was not valid; its fields are void",
+        '/name = "Ada"', '/email = "ada@example.com"', "/phone = null", "/company = null"]
+
+
+def test_generate_help_lists_stream() -> None:
+    result = invoke("generate", "--help")
+    text = " ".join(result.stdout.split())
+    assert result.exit_code == 0 and "--stream Show each field on stderr as soon as the model has written it" in text
+
+
 def test_generate_bad_choices_and_values_name_their_option() -> None:
     assert_user_error(invoke("generate", "x", "--schema", "contact", "--engine", "nope"), "'--engine'", "nope")
     assert_user_error(invoke("generate", "x", "--schema", "[/x]"), "'--schema'", "'[/x]'")
