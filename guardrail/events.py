@@ -11,6 +11,9 @@ tells it what happens and it fans each event out::
     run.gave_up(guard_error)                    # when it does not
     run.finished(result)                        # always, last: closes the run's span
 
+``Observer.run(..., listener=...)`` also hands every event of that run to one function after the
+hooks: that is how ``Guard.stream`` yields a run's events to its caller.
+
 **Logging.** The ``guardrail`` logger gets one INFO record per attempt (its number, the
 backend and model, how it ended, duration, tokens, the first issue), a WARNING before each
 back-off wait (a failed call retried after a pause) and for engine fallbacks

@@ -430,7 +430,8 @@ class LocalBackend(Backend):
         tokens: asyncio.Queue[int | None] = asyncio.Queue()
 
         def hand_over(token: int | None) -> None:
-            loop.call_soon_threadsafe(tokens.put_nowait, token)
+            with suppress(RuntimeError):  # the event loop has closed: nobody is reading any more
+                loop.call_soon_threadsafe(tokens.put_nowait, token)
 
         row, closed = self._submit_streaming(model, prompt, schema, sampling, spans, hand_over)
         text = _Detokenizer(model.tokenizer)
