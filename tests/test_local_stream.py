@@ -13,6 +13,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,14 @@ def test_a_local_guard_stream_ends_as_run_ends_and_shows_fields_early() -> None:
     first_field = next(i for i, e in enumerate(shown) if any(p.count("/") == 1 for p in e.completed))
     assert first_field < len(shown) // 2, "the name is complete long before the answer is"
     assert shown[-1].value == ran.data
+
+
+def test_the_streaming_example_prints_each_field_as_it_lands(capsys: pytest.CaptureFixture[str]) -> None:
+    example = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "streaming_example.py"))
+    data = example["main"](CONTACT, schema="contact", max_new_tokens=64)
+    lines = capsys.readouterr().out.splitlines()
+    assert data is not None and lines[-1].endswith("valid after 1 attempt(s)")
+    assert any(line.endswith(f"/name = {json.dumps(data['name'])}") for line in lines)
 
 
 def test_closing_a_local_stream_early_leaves_the_model_serving() -> None:
