@@ -54,7 +54,6 @@ class StreamReader:
         self._json = PartialJSON()
         self._deltas: list[StreamDelta] = []
         self._snapshot: Any = None
-        self.ended = False
 
     def feed(self, delta: StreamDelta) -> StreamEvent:
         """The event for one delta (every delta gives one, perhaps with nothing new to show)."""
@@ -63,7 +62,6 @@ class StreamReader:
         if delta.final:
             more_thought, more_said = self._split.finish()
             thought, said = thought + more_thought, said + more_said
-            self.ended = True
         completed: tuple[str, ...] = ()
         if said:
             completed = self._json.feed(said).completed

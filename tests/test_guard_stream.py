@@ -264,3 +264,20 @@ def test_an_async_decorated_function_streams_asynchronously() -> None:
     value, events, result = asyncio.run(main())
     assert value == result.value == {"name": "Ada"}
     assert len([e for e in events if isinstance(e, StreamEvent)]) > 3
+
+
+def test_a_backend_that_cannot_stream_streams_its_whole_answer_at_once() -> None:
+    from collections.abc import Sequence
+
+    from guardrail.backends.base import Backend, Generation, Sampling
+    from guardrail.schema import Schema
+
+    class Whole(Backend):
+        wants_instructions = False
+
+        def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
+            return [Generation('{"name": "Ada"}', completion_tokens=5, finish_reason="stop") for _ in prompts]
+
+    [shown] = [e for e in Guard(NAME, llm=Whole()).stream("Ada") if isinstance(e, StreamEvent)]
+    assert (shown.text, shown.value, shown.completed, shown.done) == ('{"name": "Ada"}', {"name": "Ada"}, ("/name", ""),
+                                                                       True)
