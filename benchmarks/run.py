@@ -36,6 +36,7 @@ SECTIONS: dict[str, list[str]] = {
     "llamacpp": [PY, "benchmarks/bench_llamacpp.py", "--per-task", "3"],
     "remote": [PY, "benchmarks/bench_remote.py", "--prompts", "3"],
     "vote": [PY, "benchmarks/bench_vote.py", "--limit", "4"],
+    "streaming": [PY, "benchmarks/bench_streaming.py", "--prompts", "3"],
     # Not in the default run: greedy vs vote(5) on all 56 SNIPS cases takes about 11 minutes.
     "vote_full": [PY, "benchmarks/bench_vote.py", "--threads", "1"],
 }
