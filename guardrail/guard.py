@@ -423,6 +423,10 @@ class _Episode:
         if over_budget:
             self._give_up(f"stopped: {over_budget}", failure)
             return
+        if "idle_for" not in self.policy.statistics:
+            # tenacity keeps its statistics per thread: an episode begun in one thread may be judged
+            # in another (a worker of run_all). They are bookkeeping only; the state decides.
+            self.policy.begin()
         try:
             action = self.policy.iter(self.state)
         except tenacity.RetryError:

@@ -66,10 +66,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from guardrail.errors import SchemaError, SuiteError
-from guardrail.leaves import leaf_schemas
 from guardrail.perturb import derive_seed
 from guardrail.schema import Schema
-from guardrail.schema_walk import Refs, join_pointer, split_pointer, walk
+from guardrail.schema_walk import join_pointer, split_pointer, walk
 from guardrail.suite_format import (
     SHORTHAND,
     CaseEntry,
@@ -142,11 +141,21 @@ class Task:
     #: How many few-shot examples each prompt shows, the nearest to its input; ``None``: all of them.
     shots: int | None = None
 
+    def examples_for(self, input_text: str) -> list[Example]:
+        """The few-shot examples a prompt for ``input_text`` shows: all of them in file order, or with
+        ``shots`` the ``shots`` nearest to the input, the nearest last (``guardrail.shots``)."""
+        if self.shots is None:
+            return list(self.examples)
+        from guardrail.shots import nearest
+
+        return nearest(self.examples, input_text, self.shots, text=lambda e: e.input)
+
     def render(self, input_text: str, *, instruction: str | None = None) -> str:
         """The prompt for one input: the template with its slots filled (no ``str.format``, so
         braces in the instruction or input are safe). ``instruction`` replaces the task's own."""
         shots = "".join(
-            _fill(self.example_template, {"input": e.input, "output": _compact(e.output)}) for e in self.examples
+            _fill(self.example_template, {"input": e.input, "output": _compact(e.output)})
+            for e in self.examples_for(input_text)
         )
         slots = {
             "instruction": self.instruction if instruction is None else instruction,
@@ -162,7 +171,7 @@ class Task:
         {'role': 'user', 'content': 'hi'}
         """
         out = [{"role": "system", "content": self.instruction if instruction is None else instruction}]
-        for e in self.examples:
+        for e in self.examples_for(input_text):
             out += [{"role": "user", "content": e.input}, {"role": "assistant", "content": _compact(e.output)}]
         return [*out, {"role": "user", "content": input_text}]
 
@@ -389,7 +398,7 @@ class _Reader:
             examples.append(Example(ex.input, ex.output))
         cases = [self.case(c, schema, where, (*loc, "cases", i)) for i, c in enumerate(entry.cases)]
         extractive: bool | list[str] = entry.extractive
-        if isinstance(extractive, list):
+        if extractive:
             self.check_extractive(extractive, schema, where, (*loc, "extractive"))
         if entry.shots is not None and entry.shots > len(examples):
             have = f"{len(examples)} example{'' if len(examples) == 1 else 's'}"
@@ -427,42 +436,21 @@ class _Reader:
             raise self.fail(f"{where} does not match the schema at {pointer}: {first.message}{more}",
                             (*loc, *first.absolute_path))
 
-    def check_extractive(self, pointers: list[str], schema: Schema, where: str, loc: Loc) -> None:
-        leaves = leaf_schemas(schema.json_schema)
-        refs = Refs(schema.json_schema)
-        for index, pointer in enumerate(pointers):
+    def check_extractive(self, option: bool | list[str], schema: Schema, where: str, loc: Loc) -> None:
+        """The fields ``guardrail.extractive`` would hold for ``option``: the same rules as ``Guard``."""
+        from guardrail.extractive import chosen_fields
+
+        for index, pointer in enumerate(option if isinstance(option, list) else []):
             try:
                 split_pointer(pointer)
             except ValueError as exc:
                 raise self.fail(f"{where}: 'extractive': {exc}", (*loc, index)) from None
-            if pointer not in leaves:
-                raise self.fail(f"{where}: 'extractive' names {pointer!r}, which is not a leaf of the schema "
-                                f"(its leaves: {', '.join(leaves)})", (*loc, index))
-            if not _holds_text(leaves[pointer], refs):
-                raise self.fail(f"{where}: 'extractive' names {pointer!r}, which holds no text to copy from the "
-                                "input (a string, or a list of strings)", (*loc, index))
-
-
-def _holds_text(node: Any, refs: Refs, depth: int = 0) -> bool:
-    """Whether a leaf's values can be strings (or lists of them): what an extractive answer copies."""
-    followed = refs.follow(node)
-    node = followed[0] if followed is not None else {}
-    if not isinstance(node, Mapping) or depth > 8:
-        return node is True or depth > 8
-    if "const" in node:
-        return isinstance(node["const"], str)
-    if isinstance(node.get("enum"), list):
-        return any(isinstance(v, str) for v in node["enum"])
-    branches = [*(node.get("anyOf") or []), *(node.get("oneOf") or [])]
-    if any(_holds_text(b, refs, depth + 1) for b in branches):
-        return True
-    types = node.get("type")
-    names = {types} if isinstance(types, str) else set(types) if isinstance(types, list) else None
-    if names is None:
-        return not branches  # any value, strings included
-    if "string" in names:
-        return True
-    return "array" in names and _holds_text(node.get("items", True), refs, depth + 1)
+        try:
+            chosen_fields(schema.json_schema, option)
+        except ValueError as exc:
+            pointer = getattr(exc, "pointer", "")
+            spot = option.index(pointer) if isinstance(option, list) and pointer in option else None
+            raise self.fail(f"{where}: 'extractive': {exc}", loc if spot is None else (*loc, spot)) from None
 
 
 def _fill(template: str, slots: Mapping[str, str]) -> str:
@@ -561,15 +549,20 @@ def build_snips_suite(
     *,
     intents: Sequence[str] | None = None,
     cases_per_intent: int = 8,
-    shots: int = 3,
+    examples_per_intent: int = 40,
+    shots: int | None = 3,
+    extractive: bool = True,
     min_slots: int = 2,
     seed: int = 0,
 ) -> Suite:
     """A suite with one task per SNIPS intent, drawn from the *train* split only.
 
     Cases are utterances with at least ``min_slots`` slots (so ``info_removed`` can take one
-    away and leave others); few-shot examples are other train utterances, never cases. The
-    draw is seeded per intent, so adding an intent leaves the others' cases unchanged.
+    away and leave others); few-shot examples are a pool of ``examples_per_intent`` other train
+    utterances, never cases, of which each prompt shows the ``shots`` nearest to its input
+    (``None``: all of them). Slot values are spans of the utterance, so the tasks are
+    ``extractive``. The draw is seeded per intent, so adding an intent leaves the others' cases
+    unchanged.
 
     >>> suite = build_snips_suite("../shared/data/snips/derived")  # doctest: +SKIP
     >>> len(suite), len(suite.tasks)  # doctest: +SKIP
@@ -588,7 +581,7 @@ def build_snips_suite(
             raise SuiteError(f"{intent}: only {len(pool)} train rows have {min_slots}+ slots", source=directory)
         chosen = rng.sample(pool, cases_per_intent)
         used = {r.id for r in chosen}
-        shot_rows = rng.sample([r for r in mine if r.id not in used and r.slots], shots)
+        shot_rows = rng.sample([r for r in mine if r.id not in used and r.slots], examples_per_intent)
         keys = ", ".join(schemas[intent].get("properties", {}))
         instruction = (
             f"Extract the slots of this {_words(intent)} request as a JSON object. Use only these keys: {keys}. "
@@ -602,6 +595,8 @@ def build_snips_suite(
                 instruction=instruction,
                 examples=[Example(r.text, r.slots) for r in shot_rows],
                 cases=[Case(r.id, r.text, r.slots) for r in chosen],
+                extractive=extractive,
+                shots=shots,
             )
         )
     return Suite(

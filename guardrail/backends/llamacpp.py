@@ -43,6 +43,7 @@ A schema llguidance refuses is generated unconstrained, with a warning; validati
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import codecs
 import importlib.util
@@ -66,11 +67,14 @@ from guardrail.backends.loops import ends_in_loop
 from guardrail.errors import BackendError
 
 if TYPE_CHECKING:
+    from guardrail.extractive import Spans
     from guardrail.schema import Schema
 
 __all__ = ["LLAMACPP_HINT", "LlamaCppBackend", "unload_llamacpp_models"]
 
 LLAMACPP_HINT = "pip install 'guardrail-llm[llamacpp]'"
+#: Grammars held to one input's spans kept per model (an input recurs with its re-asks and votes).
+_SPAN_GRAMMARS = 256
 #: The shortest prompt prefix worth a KV-cache snapshot, in tokens.
 _MIN_PREFIX = 32
 
@@ -99,6 +103,8 @@ class _LoadedLlama:
     tokenizer: Any = None  # llguidance's tokenizer, built on first constrained use (about 1 s)
     # (schema hash, string cap) -> an LLMatcher in its initial state, or the EngineRefused it raised
     grammars: dict[tuple[str, int | None], Any] = field(default_factory=dict)
+    # (schema hash, string cap, fields, input) -> a matcher holding those fields to the input's spans
+    span_grammars: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict)
     compiles: int = 0
     # The KV-cache prefix snapshots: (threads, prompt prefix) -> the sequence state after it, most
     # recently used last; and the latest prompts, to spot a prefix worth a snapshot.
@@ -221,6 +227,7 @@ class LlamaCppBackend(Backend):
     """
 
     batches = False
+    spans = True
     wants_instructions = True
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, n_threads: int | None = None,
@@ -247,17 +254,18 @@ class LlamaCppBackend(Backend):
         self.n_ctx = n_ctx
         self.string_cap = string_cap
         self.n_gpu_layers = n_gpu_layers
-        if model in (None, "embedded"):
-            from guardrail.backends.embedded import find_embedded_gguf
+        from guardrail.backends.embedded import EMBEDDED_MODELS, find_embedded_gguf, resolve_embedded
 
-            self.model_name = "embedded"
-            self.path = find_embedded_gguf()  # fails now, with the install hint
+        if model in (None, "embedded") or model in EMBEDDED_MODELS:
+            self.model_name = resolve_embedded(model).name
+            self.path = find_embedded_gguf(self.model_name)  # fails now, with the install hint
         else:
             self.model_name = str(model)
             self.path = Path(model).expanduser()
             if not self.path.is_file():
-                raise BackendError(f"no GGUF file at {self.path}", hint="the llama.cpp runtime takes 'embedded' or the path "
-                                   "of a .gguf file; a Hugging Face model id needs runtime='transformers'")
+                raise BackendError(f"no GGUF file at {self.path}", hint="the llama.cpp runtime takes 'embedded', an "
+                                   f"embedded model's name ({', '.join(EMBEDDED_MODELS)}) or the path of a .gguf "
+                                   "file; a Hugging Face model id needs runtime='transformers'")
         _import_llama_cpp()  # fail now, with the install hint, rather than at the first call
         if importlib.util.find_spec("llguidance") is None:
             raise BackendError("the llama.cpp runtime needs llguidance", hint=LLAMACPP_HINT)
@@ -303,8 +311,12 @@ class LlamaCppBackend(Backend):
 
     # -- generating -----------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling, *,
+                 spans: Sequence[Spans | None] | None = None) -> list[Generation]:
         """Generate one text per prompt, one after the other.
+
+        ``spans``, one per prompt: the input whose spans the chosen string fields are held to
+        while decoding (``guardrail.extractive``).
 
         >>> LlamaCppBackend().generate(["Ada, 36"], schema, Sampling(max_new_tokens=64))  # doctest: +SKIP
         """
@@ -312,7 +324,42 @@ class LlamaCppBackend(Backend):
             return []
         loaded = self.load()
         grammar = self._grammar(loaded, schema) if sampling.constrained else None
-        return [self._one(loaded, prompt, grammar, sampling) for prompt in prompts]
+        chosen = list(spans) if spans is not None else [None] * len(prompts)
+        return [self._one(loaded, prompt, self._span_grammar(loaded, schema, one, grammar), sampling)
+                for prompt, one in zip(prompts, chosen, strict=True)]
+
+    async def agenerate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling, *,
+                        spans: Sequence[Spans | None] | None = None) -> list[Generation]:
+        """Async ``generate`` (in a worker thread)."""
+        return await asyncio.to_thread(self.generate, prompts, schema, sampling, spans=spans)
+
+    def _span_grammar(self, loaded: _LoadedLlama, schema: Schema, spans: Spans | None, plain: Any) -> Any:
+        """The grammar holding ``spans.fields`` to spans of the input; ``plain`` (with a warning) if none."""
+        if spans is None or plain is None:
+            return plain
+        key = (schema.hash, self.string_cap, spans.fields, spans.text)
+        with loaded.lock:
+            found = loaded.span_grammars.get(key)
+        if found is not None:
+            return found
+        from guardrail.backends.span_grammar import span_lark
+
+        target = decoding_schema(schema.json_schema, string_cap=self.string_cap, forbid_newlines=True, cap_patterns=True)
+        try:
+            lark, held = span_lark(target, spans.fields, spans.text)
+            found = _compile(loaded, lark, lark=True) if held else None
+            reason = "" if held else "no chosen field lies where the grammar can hold it"
+        except (ValueError, EngineRefused) as exc:
+            reason = str(exc)
+        if found is None:
+            warnings.warn(f"guardrail: extractive fields of schema {schema.name!r} are checked after decoding only: "
+                          f"{reason}", RuntimeWarning, stacklevel=4)
+            found = plain
+        with loaded.lock:
+            loaded.span_grammars[key] = found
+            while len(loaded.span_grammars) > _SPAN_GRAMMARS:
+                loaded.span_grammars.popitem(last=False)
+        return found
 
     def _one(self, loaded: _LoadedLlama, prompt: Prompt, grammar: Any, sampling: Sampling) -> Generation:
         import numpy as np
@@ -535,8 +582,9 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _compile(loaded: _LoadedLlama, schema_json: str) -> Any:
-    """An llguidance matcher for ``schema_json`` over the model's vocabulary; EngineRefused if it cannot."""
+def _compile(loaded: _LoadedLlama, grammar_text: str, *, lark: bool = False) -> Any:
+    """An llguidance matcher for a JSON Schema (or, with ``lark``, a Lark grammar) over the model's
+    vocabulary; EngineRefused if it cannot."""
     try:
         from llguidance import LLMatcher
         from llguidance.llamacpp import lltokenizer_from_vocab
@@ -551,8 +599,9 @@ def _compile(loaded: _LoadedLlama, schema_json: str) -> Any:
             warnings.simplefilter("ignore", DeprecationWarning)
             loaded.tokenizer = lltokenizer_from_vocab(vocab, eos_token=loaded.eos)
     try:
-        grammar = LLMatcher.grammar_from_json_schema(schema_json, overrides={
-            "whitespace_flexible": False, "item_separator": SEPARATORS[0], "key_separator": SEPARATORS[1]})
+        grammar = LLMatcher.grammar_from_lark(grammar_text) if lark else LLMatcher.grammar_from_json_schema(
+            grammar_text, overrides={"whitespace_flexible": False, "item_separator": SEPARATORS[0],
+                                     "key_separator": SEPARATORS[1]})
     except ValueError as exc:
         raise EngineRefused(str(exc)) from exc
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, loaded.tokenizer)

@@ -49,8 +49,9 @@ DEFAULT_MAX_BATCH = 16
 class LocalBackend(Backend):
     """A transformers model in this process, constrained to the schema by a grammar engine.
 
-    ``model``: ``None`` or ``"embedded"`` for the embedded model, else a Hugging Face id or
-    directory already on disk (never downloaded). ``engine``: the grammar engine to try first
+    ``model``: ``None`` or ``"embedded"`` for the default embedded model, an embedded model's
+    name (``"smollm2-135m"``, ``"gemma3-270m"``: ``guardrail.backends.embedded``), else a Hugging
+    Face id or directory already on disk (never downloaded). ``engine``: the grammar engine to try first
     (default ``"llguidance"``); the others follow in ``ENGINES`` order as fallbacks. ``device``:
     ``"cpu"``, ``"cuda"``... (default: CUDA when available). ``string_cap``: ``maxLength`` given,
     for decoding only, to strings that have none (``None``: no cap). ``threads``: torch CPU
@@ -90,7 +91,11 @@ class LocalBackend(Backend):
                  stop_loops: bool = True, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         self.share_prefix = share_prefix
         self.stop_loops = stop_loops
-        self.model_name = "embedded" if model in (None, "embedded") else str(model)
+        from guardrail.backends.embedded import EMBEDDED_MODELS, require_installed, resolve_embedded
+
+        # An embedded model by its own name, so "embedded" and its name share one loaded copy.
+        embedded = model in (None, "embedded") or model in EMBEDDED_MODELS
+        self.model_name = resolve_embedded(model).name if embedded else str(model)
         if grammar_cache is True:
             from guardrail.backends.embedded import cache_root
 
@@ -109,10 +114,8 @@ class LocalBackend(Backend):
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive number of rows, got {max_batch!r}")
         self.max_batch = max_batch
-        if self.model_name == "embedded":
-            from guardrail.backends.embedded import find_embedded_gguf
-
-            find_embedded_gguf()  # fail now, with the install hint, rather than at the first call
+        if embedded:
+            require_installed(self.model_name)  # fail now, with the install hint, rather than at the first call
 
     # -- loading and compiling ------------------------------------------------------------------
 
