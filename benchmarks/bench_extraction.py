@@ -36,7 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from guardrail import Guard  # noqa: E402
 from guardrail.guard import run_all  # noqa: E402
 from guardrail.metrics import exact_match, field_f1  # noqa: E402
-from guardrail.suite import Case, Suite, Task, load_snips, load_suite  # noqa: E402
+from guardrail.snips import load_snips  # noqa: E402
+from guardrail.suite import Case, Suite, Task, load_suite  # noqa: E402
 
 SNIPS = ROOT.parent / "shared" / "data" / "snips" / "derived"
 SUITES = ROOT / "examples" / "suites"

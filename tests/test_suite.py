@@ -13,13 +13,12 @@ import yaml
 from guardrail.errors import SuiteError
 from guardrail.perturb import gold_values
 from guardrail.schema import Schema
+from guardrail.snips import build_snips_suite, load_snips
 from guardrail.suite import (
     Case,
     Example,
     Suite,
     Task,
-    build_snips_suite,
-    load_snips,
     load_suite,
     parse_suite,
     suite_json_schema,
@@ -55,7 +54,7 @@ def test_the_shipped_invoice_contact_suite_loads() -> None:
 def test_snips_file_matches_its_generator(shared_data: Path) -> None:
     built = build_snips_suite(shared_data / "snips" / "derived")
     assert built.to_dict() == load_suite(SUITES / "snips.yaml").to_dict(), (
-        "examples/suites/snips.yaml is stale: python -m guardrail.suite ../shared/data/snips/derived "
+        "examples/suites/snips.yaml is stale: python -m guardrail.snips ../shared/data/snips/derived "
         "examples/suites/snips.yaml"
     )
 
