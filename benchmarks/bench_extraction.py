@@ -36,7 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from guardrail import Guard  # noqa: E402
 from guardrail.guard import run_all  # noqa: E402
 from guardrail.metrics import exact_match, field_f1  # noqa: E402
-from guardrail.snips import load_snips  # noqa: E402
+from guardrail.schema import Schema  # noqa: E402
+from guardrail.snips import SLOT_DESCRIPTIONS, described, load_snips  # noqa: E402
 from guardrail.suite import Case, Suite, Task, load_suite  # noqa: E402
 
 SNIPS = ROOT.parent / "shared" / "data" / "snips" / "derived"
@@ -55,6 +56,13 @@ def tuning_suite(shipped: Suite, per_intent: int = 8, seed: int = 7) -> Suite:
         picked = rng.sample(mine, per_intent)
         tasks.append(dataclasses.replace(task, cases=[Case(r.id, r.text, r.slots) for r in picked]))
     return Suite("snips-tune", tasks, shipped.description)
+
+
+def with_descriptions(suite: Suite) -> Suite:
+    """The suite with each SNIPS slot described in its schema (``guardrail.snips.SLOT_DESCRIPTIONS``)."""
+    tasks = [dataclasses.replace(t, schema=Schema.load(described(t.schema.json_schema, SLOT_DESCRIPTIONS.get(t.name, {})),
+                                                       name=t.name)) for t in suite.tasks]
+    return dataclasses.replace(suite, tasks=tasks)
 
 
 def with_shots(task: Task, shots: str) -> Task:
@@ -93,11 +101,14 @@ def main() -> None:
     parser.add_argument("--shots", default="0,3", help="comma-separated: 0, fixed, or a number of nearest examples")
     parser.add_argument("--suites", default="snips-tune,snips,invoice_contact")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--describe", action="store_true", help="add the SNIPS slot descriptions to the schemas")
     args = parser.parse_args()
     shipped = load_suite(SUITES / "snips.yaml")
     suites = {"snips": shipped, "invoice_contact": load_suite(SUITES / "invoice_contact.yaml")}
     if "snips-tune" in args.suites:
         suites["snips-tune"] = tuning_suite(shipped)
+    if args.describe:
+        suites = {name: with_descriptions(suite) if name.startswith("snips") else suite for name, suite in suites.items()}
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs\n")
     print("| suite | model | extractive | few-shot | cases | field F1 | exact | valid@1 | valid@k | tokens/s | wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

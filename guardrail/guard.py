@@ -268,11 +268,18 @@ class Guard(Generic[T]):
 
             user = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
             if self.instructions is not None:
-                request = [{"role": "system", "content": self.instructions}, *user]
+                ours = [{"role": "system", "content": self.instructions}]
             else:
                 if self._instructions is None:  # the same for every prompt: built once
                     self._instructions = instructions(self.schema.json_schema, self.examples)
-                request = [*self._instructions, *user]
+                ours = self._instructions
+            if user[0].get("role") == "system" and isinstance(user[0].get("content"), str):
+                # One system message: the prompt's own follows ours in it (chat templates expect one,
+                # and a small model reads one block of instructions better than two).
+                merged = {"role": "system", "content": f"{ours[0]['content']}\n\n{user[0]['content']}"}
+                request = [merged, *ours[1:], *user[1:]]
+            else:
+                request = [*ours, *user]
         spans = None
         if self.extractive:
             text = context["input"] if context and "input" in context else _input_text(prompt)

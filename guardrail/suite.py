@@ -61,6 +61,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from guardrail.errors import SchemaError, SuiteError
+from guardrail.prompting import example_json
 from guardrail.schema import Schema
 from guardrail.schema_walk import join_pointer, split_pointer, walk
 from guardrail.suite_format import (
@@ -148,7 +149,7 @@ class Task:
         """The prompt for one input: the template with its slots filled (no ``str.format``, so
         braces in the instruction or input are safe). ``instruction`` replaces the task's own."""
         shots = "".join(
-            _fill(self.example_template, {"input": e.input, "output": _compact(e.output)})
+            _fill(self.example_template, {"input": e.input, "output": example_json(e.output, self.schema.json_schema)})
             for e in self.examples_for(input_text)
         )
         slots = {
@@ -166,7 +167,8 @@ class Task:
         """
         out = [{"role": "system", "content": self.instruction if instruction is None else instruction}]
         for e in self.examples_for(input_text):
-            out += [{"role": "user", "content": e.input}, {"role": "assistant", "content": _compact(e.output)}]
+            out += [{"role": "user", "content": e.input},
+                    {"role": "assistant", "content": example_json(e.output, self.schema.json_schema)}]
         return [*out, {"role": "user", "content": input_text}]
 
     def protected_terms(self) -> tuple[str, ...]:
@@ -449,10 +451,6 @@ class _Reader:
 
 def _fill(template: str, slots: Mapping[str, str]) -> str:
     return _SLOT.sub(lambda m: slots.get(m.group(1), m.group(0)), template)
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
 
 
 def _case_dict(case: Case) -> dict[str, Any]:
