@@ -379,8 +379,41 @@ def _render(tokenizer: Any, prompt: Prompt) -> tuple[str, bool]:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
     if isinstance(prompt, str):
         return prompt, False
-    # A base model without a template: a plain transcript that ends where the answer goes.
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:", False
+    return transcript(messages), False
+
+
+#: How a base model (no chat template) reads each role: an exchange it can continue.
+_BASE_ROLES = {"system": "", "user": "Input: ", "assistant": "Output:\n"}
+
+
+def transcript(messages: Sequence[dict[str, Any]]) -> str:
+    """Chat messages as plain text for a base model: the instructions, then ``Input:``/``Output:``
+    pairs (the few-shot turns), ending where the next output goes. A base model has seen many
+    such pages; ``user:``/``assistant:`` labels read to it like a transcript to go on with. An
+    output starts on a line of its own, so the answer's first token is ``{`` as in the examples
+    (the grammar allows no space before it).
+
+    >>> print(transcript([{"role": "system", "content": "Extract."}, {"role": "user", "content": "a"},
+    ...                   {"role": "assistant", "content": "{}"}, {"role": "user", "content": "b"}]))
+    Extract.
+    <BLANKLINE>
+    Input: a
+    Output:
+    {}
+    <BLANKLINE>
+    Input: b
+    Output:
+    <BLANKLINE>
+    """
+    blocks: list[str] = []
+    for message in messages:
+        role, content = message.get("role", "user"), str(message.get("content", ""))
+        label = _BASE_ROLES.get(role, f"{role}: ")
+        if role == "assistant" and blocks and blocks[-1].startswith(_BASE_ROLES["user"]):
+            blocks[-1] += f"\n{label}{content}"  # an answer sits right under its input
+        else:
+            blocks.append(f"{label}{content}")
+    return "\n\n".join(blocks) + "\n" + _BASE_ROLES["assistant"]
 
 
 @lru_cache(maxsize=64)
