@@ -209,3 +209,11 @@ def schemas() -> None:
 
     for name in shipped_schema_names():
         typer.echo(name)
+
+
+@app.command("suite-schema")
+def suite_schema() -> None:
+    """Print the JSON Schema of robustness suite files (for editors: point yaml-language-server at it)."""
+    from guardrail.suite import suite_json_schema
+
+    typer.echo(json.dumps(suite_json_schema(), indent=2))

@@ -34,7 +34,7 @@ from guardrail.attempt import Issue
 from guardrail.errors import SchemaError
 from guardrail.leaves import leaf_schemas, value_leaves
 
-__all__ = ["Spans", "extractive_fields", "is_span_string", "span_issues", "string_node"]
+__all__ = ["Spans", "chosen_fields", "extractive_fields", "is_span_string", "span_issues", "string_node"]
 
 #: String keywords that say what a value looks like rather than where it comes from.
 _SHAPED = ("enum", "const", "format", "pattern")
@@ -83,31 +83,43 @@ def extractive_fields(json_schema: Any, option: bool | Sequence[str]) -> tuple[s
     """The JSON Pointers ``extractive=option`` constrains (empty for ``False``).
 
     ``SchemaError`` when ``True`` finds no eligible leaf, or a pointer in the list names no
-    eligible leaf of the schema.
+    eligible leaf of the schema (``location`` is that pointer).
     """
+    try:
+        return chosen_fields(json_schema, option)
+    except _NotEligible as exc:
+        raise SchemaError(str(exc), location=exc.pointer) from None
+
+
+class _NotEligible(ValueError):
+    def __init__(self, message: str, pointer: str = "") -> None:
+        super().__init__(message)
+        self.pointer = pointer
+
+
+def chosen_fields(json_schema: Any, option: bool | Sequence[str]) -> tuple[str, ...]:
+    """``extractive_fields`` with a plain ``ValueError`` (its message names the pointer) for suite files."""
     if option is False or option is None:
         return ()
     leaves = leaf_schemas(json_schema)
     eligible = [pointer for pointer, node in leaves.items() if _eligible(node)]
     if option is True:
         if not eligible:
-            raise SchemaError("extractive=True: the schema has no string field that can be copied from the input "
-                              "(every string has an enum, const, format or pattern, or there are none)", location="")
+            raise _NotEligible("true, but the schema has no string field to copy from the input (each string has "
+                               "an enum, const, format or pattern, or there is none)")
         return tuple(eligible)
     if isinstance(option, str) or not isinstance(option, Sequence):
         raise TypeError(f"extractive must be True, False or a list of JSON Pointers, got {option!r}")
-    chosen = []
     for pointer in option:
         if pointer not in leaves:
-            raise SchemaError(f"extractive: {pointer!r} is not a field of the schema; its fields are "
-                              f"{', '.join(leaves) or 'none'}", location=str(pointer))
+            raise _NotEligible(f"{pointer!r} is not a field of the schema (its fields: {', '.join(leaves) or 'none'})",
+                               str(pointer))
         if pointer not in eligible:
-            raise SchemaError(f"extractive: {pointer!r} is not a free string field (a string, or a list of strings, "
-                              "without enum, const, format or pattern)", location=str(pointer))
-        chosen.append(pointer)
-    if not chosen:
-        raise SchemaError("extractive: the list of fields is empty (use False to turn it off)", location="")
-    return tuple(dict.fromkeys(chosen))
+            raise _NotEligible(f"{pointer!r} holds no free text to copy from the input (a string, or a list of "
+                               "strings, without enum, const, format or pattern)", str(pointer))
+    if not option:
+        raise _NotEligible("the list of fields is empty (use false to turn it off)")
+    return tuple(dict.fromkeys(option))
 
 
 def span_issues(value: Any, fields: Sequence[str], text: str) -> list[Issue]:

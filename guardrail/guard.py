@@ -351,11 +351,18 @@ class Guard(Generic[T]):
 
             user = [{"role": "user", "content": request}] if isinstance(request, str) else list(request)
             if self.instructions is not None:
-                request = [{"role": "system", "content": self.instructions}, *user]
+                ours = [{"role": "system", "content": self.instructions}]
             else:
                 if self._instructions is None:  # the same for every prompt: built once
                     self._instructions = instructions(self.schema.json_schema, self.examples)
-                request = [*self._instructions, *user]
+                ours = self._instructions
+            if user[0].get("role") == "system" and isinstance(user[0].get("content"), str):
+                # One system message: the prompt's own follows ours in it (chat templates expect one,
+                # and a small model reads one block of instructions better than two).
+                merged = {"role": "system", "content": f"{ours[0]['content']}\n\n{user[0]['content']}"}
+                request = [merged, *ours[1:], *user[1:]]
+            else:
+                request = [*ours, *user]
         consulted = {"input": messages.user_input(prompt), **(context or {})}
         spans = None
         if self.extractive:
@@ -539,6 +546,10 @@ class _Episode:
         if over_budget:
             self._give_up(f"stopped: {over_budget}", failure)
             return
+        if "idle_for" not in self.policy.statistics:
+            # tenacity keeps its statistics per thread: an episode begun in one thread may be judged
+            # in another (a worker of run_all). They are bookkeeping only; the state decides.
+            self.policy.begin()
         try:
             action = self.policy.iter(self.state)
         except tenacity.RetryError:

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 
 from guardrail.schema_walk import Refs, unescape, walk
 
-__all__ = ["describe_schema", "instructions"]
+__all__ = ["describe_schema", "example_json", "instructions"]
 
 # How a format reads to a model that has seen many dates but no JSON Schema specification.
 _FORMATS = {
@@ -82,17 +82,41 @@ def instructions(json_schema: Mapping[str, Any], examples: Sequence[tuple[str, A
     messages = [{"role": "system", "content": "\n".join(lines)}]
     for text, value in examples:
         messages.append({"role": "user", "content": str(text)})
-        messages.append({"role": "assistant", "content": _as_json(value)})
+        messages.append({"role": "assistant", "content": example_json(value, json_schema)})
     return messages
 
 
-def _as_json(value: Any) -> str:
+def example_json(value: Any, json_schema: Any = None) -> str:
+    """A few-shot answer as the model should write it: one line, members in the schema's order.
+
+    Decoding writes an object's properties in the order the schema lists them, so an example in
+    another order shows the model a layout it will not be allowed to write.
+
+    >>> example_json({"b": 1, "a": [2]}, {"properties": {"a": {}, "b": {}}})
+    '{"a": [2], "b": 1}'
+    """
     if isinstance(value, str):
         return value
     dump = getattr(value, "model_dump", None)  # a pydantic model instance
     if callable(dump):
         value = dump(mode="json")
+    if json_schema is not None:
+        value = _in_schema_order(value, Refs(json_schema), json_schema, 0)
     return json.dumps(value, ensure_ascii=False)
+
+
+def _in_schema_order(value: Any, refs: Refs, node: Any, depth: int) -> Any:
+    followed = refs.follow(node) if depth < 32 else None
+    node = followed[0] if followed is not None else {}
+    if isinstance(value, dict) and isinstance(node, Mapping):
+        found = node.get("properties")
+        properties: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        first = [k for k in properties if k in value]
+        return {k: _in_schema_order(value[k], refs, properties.get(k, {}), depth + 1)
+                for k in [*first, *(k for k in value if k not in properties)]}
+    if isinstance(value, list) and isinstance(node, Mapping) and isinstance(node.get("items"), Mapping):
+        return [_in_schema_order(v, refs, node["items"], depth + 1) for v in value]
+    return value
 
 
 class _Describer:

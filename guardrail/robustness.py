@@ -273,7 +273,8 @@ class RowSink(Protocol):
 
 @dataclass
 class Batch:
-    """One ``run_many`` call of ``run_plan``: its mode, its task, and its rows in plan order."""
+    """Rows ``run_plan`` finished together: their mode, the task of the last one, and the rows (in plan
+    order for a ``run_many`` batch, in the order they finished when prompts run all at once)."""
 
     mode: str
     task: Task
@@ -322,9 +323,15 @@ def run_plan(
 def _run(pending: Sequence[tuple[str, PlanItem]], guard_for: Callable[[Task], BatchGuard], chat: bool, size: int,
          concurrency: int, sink: RowSink | None) -> Iterator[Batch]:
     guards: dict[str, BatchGuard] = {}
+    for _, item in pending:
+        if item.task.name not in guards:
+            guards[item.task.name] = guard_for(item.task)
+    from guardrail.guard import Guard
+
+    if guards and all(isinstance(g, Guard) for g in guards.values()):
+        yield from _run_streamed(pending, guards, chat, size, concurrency, sink)  # type: ignore[arg-type]
+        return
     for mode, task, batch in _batches(pending, size):
-        if task.name not in guards:
-            guards[task.name] = guard_for(task)
         prompts = [item.prompt(chat=chat) for item in batch]
         results = guards[task.name].run_many(prompts, concurrency=concurrency, **MODES[mode])
         if len(results) != len(batch):
@@ -335,6 +342,36 @@ def _run(pending: Sequence[tuple[str, PlanItem]], guard_for: Callable[[Task], Ba
             sink.append(rows)
             sink.sync()
         yield Batch(mode, task, rows)
+
+
+def _run_streamed(pending: Sequence[tuple[str, PlanItem]], guards: Mapping[str, Any], chat: bool, size: int,
+                  concurrency: int, sink: RowSink | None) -> Iterator[Batch]:
+    """Every pending prompt of a mode in flight at once (``guardrail.guard.run_all``): a local model
+    keeps its batch full across tasks and re-asks. Rows reach the sink as they finish, synced every
+    ``size`` rows, so a crash loses at most that many."""
+    from guardrail.guard import run_all
+
+    for mode in dict.fromkeys(mode for mode, _ in pending):
+        items = [item for m, item in pending if m == mode]
+        prompts = [item.prompt(chat=chat) for item in items]
+        jobs = [(guards[item.task.name], prompt, {"input": item.input}) for item, prompt in zip(items, prompts,
+                                                                                                 strict=True)]
+        rows: list[RunRow] = []
+        task = items[0].task if items else None
+        for index, result in run_all(jobs, concurrency=concurrency, **MODES[mode]):
+            rows.append(outcome_row(items[index], prompts[index], result, mode))
+            task = items[index].task
+            if sink is not None:
+                sink.append(rows[-1:])
+            if len(rows) >= size:
+                if sink is not None:
+                    sink.sync()
+                yield Batch(mode, task, rows)
+                rows = []
+        if rows and task is not None:
+            if sink is not None:
+                sink.sync()
+            yield Batch(mode, task, rows)
 
 
 def _batches(pending: Sequence[tuple[str, PlanItem]], size: int) -> Iterator[tuple[str, Task, list[PlanItem]]]:

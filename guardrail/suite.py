@@ -45,19 +45,14 @@ with core-schema scalars only: ``2024-03-01``, ``12:30`` and ``no`` stay strings
 would turn them into a date, 750 and false). Every problem raises ``SuiteError`` naming the
 file, the line, the task and the case.
 
-``build_snips_suite`` makes the shipped ``examples/suites/snips.yaml`` from the SNIPS train
-split (never the test split); regenerate it with::
-
-    python -m guardrail.suite ../shared/data/snips/derived examples/suites/snips.yaml
+``guardrail.snips`` builds the shipped ``examples/suites/snips.yaml`` from the SNIPS train split.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,10 +61,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from guardrail.errors import SchemaError, SuiteError
-from guardrail.leaves import leaf_schemas
-from guardrail.perturb import derive_seed
+from guardrail.prompting import example_json
 from guardrail.schema import Schema
-from guardrail.schema_walk import Refs, join_pointer, split_pointer, walk
+from guardrail.schema_walk import join_pointer, split_pointer, walk
 from guardrail.suite_format import (
     SHORTHAND,
     CaseEntry,
@@ -81,8 +75,8 @@ from guardrail.suite_format import (
     suite_json_schema,
 )
 
-__all__ = ["DEFAULT_EXAMPLE_TEMPLATE", "DEFAULT_TEMPLATE", "Case", "Example", "SnipsRow", "Suite", "Task",
-           "build_snips_suite", "load_snips", "load_suite", "parse_suite", "snips_schemas", "suite_json_schema"]
+__all__ = ["DEFAULT_EXAMPLE_TEMPLATE", "DEFAULT_TEMPLATE", "Case", "Example", "Suite", "Task", "load_suite",
+           "parse_suite", "suite_json_schema"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -142,11 +136,21 @@ class Task:
     #: How many few-shot examples each prompt shows, the nearest to its input; ``None``: all of them.
     shots: int | None = None
 
+    def examples_for(self, input_text: str) -> list[Example]:
+        """The few-shot examples a prompt for ``input_text`` shows: all of them in file order, or with
+        ``shots`` the ``shots`` nearest to the input, the nearest last (``guardrail.shots``)."""
+        if self.shots is None:
+            return list(self.examples)
+        from guardrail.shots import nearest
+
+        return nearest(self.examples, input_text, self.shots, text=lambda e: e.input)
+
     def render(self, input_text: str, *, instruction: str | None = None) -> str:
         """The prompt for one input: the template with its slots filled (no ``str.format``, so
         braces in the instruction or input are safe). ``instruction`` replaces the task's own."""
         shots = "".join(
-            _fill(self.example_template, {"input": e.input, "output": _compact(e.output)}) for e in self.examples
+            _fill(self.example_template, {"input": e.input, "output": example_json(e.output, self.schema.json_schema)})
+            for e in self.examples_for(input_text)
         )
         slots = {
             "instruction": self.instruction if instruction is None else instruction,
@@ -162,8 +166,9 @@ class Task:
         {'role': 'user', 'content': 'hi'}
         """
         out = [{"role": "system", "content": self.instruction if instruction is None else instruction}]
-        for e in self.examples:
-            out += [{"role": "user", "content": e.input}, {"role": "assistant", "content": _compact(e.output)}]
+        for e in self.examples_for(input_text):
+            out += [{"role": "user", "content": e.input},
+                    {"role": "assistant", "content": example_json(e.output, self.schema.json_schema)}]
         return [*out, {"role": "user", "content": input_text}]
 
     def protected_terms(self) -> tuple[str, ...]:
@@ -389,7 +394,7 @@ class _Reader:
             examples.append(Example(ex.input, ex.output))
         cases = [self.case(c, schema, where, (*loc, "cases", i)) for i, c in enumerate(entry.cases)]
         extractive: bool | list[str] = entry.extractive
-        if isinstance(extractive, list):
+        if extractive:
             self.check_extractive(extractive, schema, where, (*loc, "extractive"))
         if entry.shots is not None and entry.shots > len(examples):
             have = f"{len(examples)} example{'' if len(examples) == 1 else 's'}"
@@ -427,50 +432,25 @@ class _Reader:
             raise self.fail(f"{where} does not match the schema at {pointer}: {first.message}{more}",
                             (*loc, *first.absolute_path))
 
-    def check_extractive(self, pointers: list[str], schema: Schema, where: str, loc: Loc) -> None:
-        leaves = leaf_schemas(schema.json_schema)
-        refs = Refs(schema.json_schema)
-        for index, pointer in enumerate(pointers):
+    def check_extractive(self, option: bool | list[str], schema: Schema, where: str, loc: Loc) -> None:
+        """The fields ``guardrail.extractive`` would hold for ``option``: the same rules as ``Guard``."""
+        from guardrail.extractive import chosen_fields
+
+        for index, pointer in enumerate(option if isinstance(option, list) else []):
             try:
                 split_pointer(pointer)
             except ValueError as exc:
                 raise self.fail(f"{where}: 'extractive': {exc}", (*loc, index)) from None
-            if pointer not in leaves:
-                raise self.fail(f"{where}: 'extractive' names {pointer!r}, which is not a leaf of the schema "
-                                f"(its leaves: {', '.join(leaves)})", (*loc, index))
-            if not _holds_text(leaves[pointer], refs):
-                raise self.fail(f"{where}: 'extractive' names {pointer!r}, which holds no text to copy from the "
-                                "input (a string, or a list of strings)", (*loc, index))
-
-
-def _holds_text(node: Any, refs: Refs, depth: int = 0) -> bool:
-    """Whether a leaf's values can be strings (or lists of them): what an extractive answer copies."""
-    followed = refs.follow(node)
-    node = followed[0] if followed is not None else {}
-    if not isinstance(node, Mapping) or depth > 8:
-        return node is True or depth > 8
-    if "const" in node:
-        return isinstance(node["const"], str)
-    if isinstance(node.get("enum"), list):
-        return any(isinstance(v, str) for v in node["enum"])
-    branches = [*(node.get("anyOf") or []), *(node.get("oneOf") or [])]
-    if any(_holds_text(b, refs, depth + 1) for b in branches):
-        return True
-    types = node.get("type")
-    names = {types} if isinstance(types, str) else set(types) if isinstance(types, list) else None
-    if names is None:
-        return not branches  # any value, strings included
-    if "string" in names:
-        return True
-    return "array" in names and _holds_text(node.get("items", True), refs, depth + 1)
+        try:
+            chosen_fields(schema.json_schema, option)
+        except ValueError as exc:
+            pointer = getattr(exc, "pointer", "")
+            spot = option.index(pointer) if isinstance(option, list) and pointer in option else None
+            raise self.fail(f"{where}: 'extractive': {exc}", loc if spot is None else (*loc, spot)) from None
 
 
 def _fill(template: str, slots: Mapping[str, str]) -> str:
     return _SLOT.sub(lambda m: slots.get(m.group(1), m.group(0)), template)
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
 
 
 def _case_dict(case: Case) -> dict[str, Any]:
@@ -493,143 +473,3 @@ def _schema_terms(schema: Any) -> set[str]:
         if isinstance(node.get("const"), str):
             terms.add(node["const"])
     return terms
-
-
-# -- SNIPS --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SnipsRow:
-    """One SNIPS utterance: its intent, text, gold slot values and their character spans."""
-
-    id: str
-    intent: str
-    text: str
-    slots: dict[str, list[str]]
-    spans: list[dict[str, Any]]
-
-
-def load_snips(directory: str | Path, split: str = "train") -> list[SnipsRow]:
-    """Rows of ``snips_<split>.jsonl`` under ``directory`` (the ``derived/`` folder).
-
-    >>> rows = load_snips("../shared/data/snips/derived")  # doctest: +SKIP
-    >>> rows[0].intent, rows[0].slots["playlist"]  # doctest: +SKIP
-    ('AddToPlaylist', ['música libre'])
-    """
-    path = Path(directory) / f"snips_{split}.jsonl"
-    if not path.is_file():
-        raise SuiteError(f"no SNIPS file here (expected {path.name} in {path.parent})", source=path)
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                rows.append(
-                    SnipsRow(
-                        str(raw["id"]),
-                        raw["intent"],
-                        raw["text"],
-                        {k: list(v) for k, v in raw["slots"].items()},
-                        list(raw.get("spans", [])),
-                    )
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                raise SuiteError(f"line {number}: not a SNIPS row ({type(exc).__name__}: {exc})", source=path) from exc
-    return rows
-
-
-def snips_schemas(directory: str | Path) -> dict[str, dict[str, Any]]:
-    """The JSON Schema of each intent, from ``intent_schemas.json``."""
-    path = Path(directory) / "intent_schemas.json"
-    try:
-        schemas = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SuiteError(f"cannot read the SNIPS intent schemas: {exc}", source=path) from exc
-    if not isinstance(schemas, dict):
-        raise SuiteError("expected one JSON Schema per intent", source=path)
-    return schemas
-
-
-def _words(camel: str) -> str:
-    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", camel).lower()
-
-
-def build_snips_suite(
-    directory: str | Path,
-    *,
-    intents: Sequence[str] | None = None,
-    cases_per_intent: int = 8,
-    shots: int = 3,
-    min_slots: int = 2,
-    seed: int = 0,
-) -> Suite:
-    """A suite with one task per SNIPS intent, drawn from the *train* split only.
-
-    Cases are utterances with at least ``min_slots`` slots (so ``info_removed`` can take one
-    away and leave others); few-shot examples are other train utterances, never cases. The
-    draw is seeded per intent, so adding an intent leaves the others' cases unchanged.
-
-    >>> suite = build_snips_suite("../shared/data/snips/derived")  # doctest: +SKIP
-    >>> len(suite), len(suite.tasks)  # doctest: +SKIP
-    (56, 7)
-    """
-    rows = load_snips(directory, "train")
-    schemas = snips_schemas(directory)
-    tasks = []
-    for intent in intents or sorted(schemas):
-        if intent not in schemas:
-            raise SuiteError(f"unknown intent {intent!r}; known: {sorted(schemas)}", source=directory)
-        mine = sorted((r for r in rows if r.intent == intent), key=lambda r: r.id)
-        rng = random.Random(derive_seed(seed, "snips", intent))
-        pool = [r for r in mine if len(r.slots) >= min_slots]
-        if len(pool) < cases_per_intent:
-            raise SuiteError(f"{intent}: only {len(pool)} train rows have {min_slots}+ slots", source=directory)
-        chosen = rng.sample(pool, cases_per_intent)
-        used = {r.id for r in chosen}
-        shot_rows = rng.sample([r for r in mine if r.id not in used and r.slots], shots)
-        keys = ", ".join(schemas[intent].get("properties", {}))
-        instruction = (
-            f"Extract the slots of this {_words(intent)} request as a JSON object. Use only these keys: {keys}. "
-            "Leave out every slot the request does not mention. Each value is a list of strings copied "
-            "exactly from the request."
-        )
-        tasks.append(
-            Task(
-                name=intent,
-                schema=Schema.load(schemas[intent], name=intent),
-                instruction=instruction,
-                examples=[Example(r.text, r.slots) for r in shot_rows],
-                cases=[Case(r.id, r.text, r.slots) for r in chosen],
-            )
-        )
-    return Suite(
-        name="snips",
-        tasks=tasks,
-        description=(
-            "Slot filling on SNIPS (Coucke et al. 2018, arXiv:1805.10190; CC0), one task per intent. "
-            "Cases and few-shot examples come from the train split only."
-        ),
-    )
-
-
-def _main(argv: Sequence[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m guardrail.suite SNIPS_DERIVED_DIR OUT.yaml", file=sys.stderr)
-        return 2
-    suite = build_snips_suite(argv[0])
-    suite.dump(
-        argv[1],
-        header=(
-            "Generated by guardrail.suite.build_snips_suite from snips_train.jsonl; do not edit by hand.\n"
-            "Regenerate: python -m guardrail.suite ../shared/data/snips/derived examples/suites/snips.yaml\n"
-            "Data: SNIPS NLU benchmark (sonos/nlu-benchmark), CC0; cite Coucke et al. 2018, arXiv:1805.10190."
-        ),
-    )
-    print(f"wrote {argv[1]}: {len(suite)} cases in {len(suite.tasks)} tasks")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))

@@ -331,3 +331,13 @@ def test_the_progress_bar_draws_nothing_until_the_first_report_and_nothing_when_
     kept(5, 5, "constrained · [red]people")
     kept.close()
     assert "constrained · [red]people" in capsys.readouterr().err
+
+
+def test_suite_schema_prints_the_suite_format_for_editors() -> None:
+    import jsonschema
+
+    done = CliRunner().invoke(app, ["suite-schema"])
+    assert done.exit_code == 0
+    schema = json.loads(done.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert "tasks" in json.dumps(schema)

@@ -178,3 +178,20 @@ def test_prompt_longer_than_the_context_is_an_error() -> None:
     small = LlamaCppBackend(n_threads=THREADS, n_ctx=64)
     with pytest.raises(BackendError, match="leaves no room"):
         small.generate(["word " * 200], Schema.load("contact"), Sampling(max_new_tokens=8))
+
+
+def test_an_extractive_guard_on_llama_cpp_copies_every_string_from_its_input(backend) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from guardrail.extractive import Spans
+    from guardrail.suite import load_suite
+
+    task = load_suite(Path(__file__).resolve().parents[1] / "examples" / "suites" / "snips.yaml").task("AddToPlaylist")
+    inputs = [case.input for case in task.cases[:3]]
+    fields = ("/artist", "/entity_name", "/music_item", "/playlist", "/playlist_owner")
+    outs = backend.generate([task.messages(text) for text in inputs], task.schema, Sampling(max_new_tokens=96),
+                            spans=[Spans(text, fields) for text in inputs])
+    for text, out in zip(inputs, outs, strict=True):
+        value = json.loads(out.text)
+        strings = [s for v in value.values() for s in (v if isinstance(v, list) else [v])]
+        assert strings and all(s in text for s in strings), (text, out.text)

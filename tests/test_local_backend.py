@@ -471,15 +471,16 @@ def test_stale_or_corrupt_cache_is_rebuilt(backend: LocalBackend, tmp_path: Path
 
 
 def test_entries_of_an_older_cache_format_are_pruned(tmp_path: Path) -> None:
-    from guardrail.backends import embedded
+    from guardrail.backends import weights_cache
 
     old, current, foreign = tmp_path / "old", tmp_path / "current", tmp_path / "foreign"
-    for entry, marker in ((old, {"format": embedded.CACHE_FORMAT - 1}), (current, {"format": embedded.CACHE_FORMAT})):
+    formats = weights_cache.CACHE_FORMAT - 1, weights_cache.CACHE_FORMAT
+    for entry, marker in ((old, {"format": formats[0]}), (current, {"format": formats[1]})):
         entry.mkdir()
-        (entry / embedded.MARKER).write_text(json.dumps(marker))
+        (entry / weights_cache.MARKER).write_text(json.dumps(marker))
     foreign.mkdir()
     (foreign / "weights.bin").write_bytes(b"not written by guardrail")
-    embedded._prune_old_formats(tmp_path)
+    weights_cache._prune_old_formats(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "foreign"]
 
 

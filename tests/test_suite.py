@@ -13,13 +13,12 @@ import yaml
 from guardrail.errors import SuiteError
 from guardrail.perturb import gold_values
 from guardrail.schema import Schema
+from guardrail.snips import build_snips_suite, load_snips
 from guardrail.suite import (
     Case,
     Example,
     Suite,
     Task,
-    build_snips_suite,
-    load_snips,
     load_suite,
     parse_suite,
     suite_json_schema,
@@ -32,7 +31,7 @@ def test_the_shipped_snips_suite_loads_and_is_built_from_train_only() -> None:
     suite = load_suite(SUITES / "snips.yaml")
     assert suite.name == "snips" and len(suite) >= 50 and len(suite.tasks) == 7
     for task in suite.tasks:
-        assert 8 <= len(task.cases) <= 10 and 2 <= len(task.examples) <= 4
+        assert 8 <= len(task.cases) <= 10 and len(task.examples) == 40 and task.shots == 3 and task.extractive is True
         case_texts = {c.input for c in task.cases}
         assert not any(e.input in case_texts for e in task.examples)  # few-shot rows are not cases
         for case in task.cases:
@@ -55,7 +54,7 @@ def test_the_shipped_invoice_contact_suite_loads() -> None:
 def test_snips_file_matches_its_generator(shared_data: Path) -> None:
     built = build_snips_suite(shared_data / "snips" / "derived")
     assert built.to_dict() == load_suite(SUITES / "snips.yaml").to_dict(), (
-        "examples/suites/snips.yaml is stale: python -m guardrail.suite ../shared/data/snips/derived "
+        "examples/suites/snips.yaml is stale: python -m guardrail.snips ../shared/data/snips/derived "
         "examples/suites/snips.yaml"
     )
 
@@ -66,8 +65,10 @@ def test_snips_loader_reads_rows_and_never_touches_test(shared_data: Path) -> No
     assert len(rows) == 2100 and rows[0].intent == "AddToPlaylist"
     assert all(v in rows[0].text for vs in rows[0].slots.values() for v in vs)
     test_ids = {r.id for r in load_snips(derived, "test")}
-    suite = build_snips_suite(derived, intents=["GetWeather", "RateBook"], cases_per_intent=9, shots=2)
-    assert len(suite) == 18 and [len(t.examples) for t in suite.tasks] == [2, 2]
+    suite = build_snips_suite(derived, intents=["GetWeather", "RateBook"], cases_per_intent=9, examples_per_intent=5,
+                              shots=2)
+    assert len(suite) == 18 and [len(t.examples) for t in suite.tasks] == [5, 5]
+    assert [t.shots for t in suite.tasks] == [2, 2] and all(t.extractive is True for t in suite.tasks)
     assert not {c.id for _, c in suite.cases()} & test_ids
     with pytest.raises(SuiteError, match="unknown intent 'Nope'"):
         build_snips_suite(derived, intents=["Nope"])
@@ -228,8 +229,8 @@ def test_extractive_and_shots_are_checked_kept_and_written_back(tmp_path: Path) 
     assert default.extractive is False and default.shots is None and "extractive" not in default.to_dict()
 
     for change, message in [
-        ({"extractive": ["/age"]}, r"'extractive' names '/age', which holds no text"),
-        ({"extractive": ["/who"]}, r"'extractive' names '/who', which is not a leaf of the schema \(its leaves: "
+        ({"extractive": ["/age"]}, r"'extractive': '/age' holds no free text to copy from the input"),
+        ({"extractive": ["/who"]}, r"'extractive': '/who' is not a field of the schema \(its fields: "
                                    r"/name, /tags, /age, /who/first\)"),
         ({"extractive": ["name"]}, r"'extractive': 'name' is not a JSON Pointer"),
         ({"extractive": "yes"}, r"'extractive' must be true, false or a list of JSON Pointers"),

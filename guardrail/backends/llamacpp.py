@@ -47,6 +47,7 @@ reader never holds the model), ``reasoning=`` lets a reasoning model think befor
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import codecs
 import concurrent.futures
@@ -75,11 +76,14 @@ from guardrail.events import engine_fallback
 from guardrail.messages import text_only
 
 if TYPE_CHECKING:
+    from guardrail.extractive import Spans
     from guardrail.schema import Schema
 
 __all__ = ["LLAMACPP_HINT", "LlamaCppBackend", "unload_llamacpp_models"]
 
 LLAMACPP_HINT = "pip install 'guardrail-llm[llamacpp]'"
+#: Grammars held to one input's spans kept per model (an input recurs with its re-asks and votes).
+_SPAN_GRAMMARS = 256
 #: The shortest prompt prefix worth a KV-cache snapshot, in tokens.
 _MIN_PREFIX = 32
 
@@ -109,6 +113,8 @@ class _LoadedLlama:
     # (schema hash, string cap, thinking budget, block opened by the prompt) -> an LLMatcher in its
     # initial state, or the EngineRefused it raised
     grammars: dict[tuple[str, int | None, int, bool], Any] = field(default_factory=dict)
+    # (schema hash, string cap, fields, input) -> a matcher holding those fields to the input's spans
+    span_grammars: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict)
     compiles: int = 0
     # The KV-cache prefix snapshots: (threads, prompt prefix) -> the sequence state after it, most
     # recently used last; and the latest prompts, to spot a prefix worth a snapshot.
@@ -233,6 +239,7 @@ class LlamaCppBackend(Backend):
     """
 
     batches = False
+    spans = True
     wants_instructions = True
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, n_threads: int | None = None,
@@ -261,17 +268,18 @@ class LlamaCppBackend(Backend):
         self.n_ctx = n_ctx
         self.string_cap = string_cap
         self.n_gpu_layers = n_gpu_layers
-        if model in (None, "embedded"):
-            from guardrail.backends.embedded import find_embedded_gguf
+        from guardrail.backends.embedded import EMBEDDED_MODELS, find_embedded_gguf, resolve_embedded
 
-            self.model_name = "embedded"
-            self.path = find_embedded_gguf()  # fails now, with the install hint
+        if model in (None, "embedded") or model in EMBEDDED_MODELS:
+            self.model_name = resolve_embedded(model).name
+            self.path = find_embedded_gguf(self.model_name)  # fails now, with the install hint
         else:
             self.model_name = str(model)
             self.path = Path(model).expanduser()
             if not self.path.is_file():
-                raise BackendError(f"no GGUF file at {self.path}", hint="the llama.cpp runtime takes 'embedded' or the path "
-                                   "of a .gguf file; a Hugging Face model id needs runtime='transformers'")
+                raise BackendError(f"no GGUF file at {self.path}", hint="the llama.cpp runtime takes 'embedded', an "
+                                   f"embedded model's name ({', '.join(EMBEDDED_MODELS)}) or the path of a .gguf "
+                                   "file; a Hugging Face model id needs runtime='transformers'")
         _import_llama_cpp()  # fail now, with the install hint, rather than at the first call
         if importlib.util.find_spec("llguidance") is None:
             raise BackendError("the llama.cpp runtime needs llguidance", hint=LLAMACPP_HINT)
@@ -315,7 +323,12 @@ class LlamaCppBackend(Backend):
                 target = decoding_schema(schema.json_schema, string_cap=self.string_cap, forbid_newlines=True,
                                          cap_patterns=True)
                 try:
-                    loaded.grammars[key] = _compile(loaded, json.dumps(target), self.reasoning_tokens, opened)
+                    if self.reasoning_tokens:
+                        answer = json.dumps({**target, "x-guidance": _LAYOUT})
+                        lark = reasoning_lark(answer, self.reasoning_tokens, opened=opened)
+                        loaded.grammars[key] = _compile(loaded, lark, lark=True)
+                    else:
+                        loaded.grammars[key] = _compile(loaded, json.dumps(target))
                 except EngineRefused as exc:
                     loaded.grammars[key] = exc
                     warnings.warn(f"guardrail: llguidance cannot compile schema {schema.name!r} ({exc}); generating "
@@ -326,21 +339,60 @@ class LlamaCppBackend(Backend):
 
     # -- generating -----------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling, *,
+                 spans: Sequence[Spans | None] | None = None) -> list[Generation]:
         """Generate one text per prompt, one after the other.
+
+        ``spans``, one per prompt: the input whose spans the chosen string fields are held to
+        while decoding (``guardrail.extractive``).
 
         >>> LlamaCppBackend().generate(["Ada, 36"], schema, Sampling(max_new_tokens=64))  # doctest: +SKIP
         """
         if not prompts:
             return []
         loaded = self.load()
-        return [self._one(loaded, prompt, schema, sampling) for prompt in prompts]
+        chosen = list(spans) if spans is not None else [None] * len(prompts)
+        return [self._one(loaded, prompt, schema, sampling, one) for prompt, one in zip(prompts, chosen, strict=True)]
 
-    def stream(self, prompt: Prompt, schema: Schema, sampling: Sampling) -> Iterator[StreamDelta]:
+    async def agenerate(self, prompts: Sequence[Prompt], schema: Schema, sampling: Sampling, *,
+                        spans: Sequence[Spans | None] | None = None) -> list[Generation]:
+        """Async ``generate`` (in a worker thread)."""
+        return await asyncio.to_thread(self.generate, prompts, schema, sampling, spans=spans)
+
+    def _span_grammar(self, loaded: _LoadedLlama, schema: Schema, spans: Spans | None, plain: Any) -> Any:
+        """The grammar holding ``spans.fields`` to spans of the input; ``plain`` (with a warning) if none."""
+        if spans is None or plain is None:
+            return plain
+        key = (schema.hash, self.string_cap, spans.fields, spans.text)
+        with loaded.lock:
+            found = loaded.span_grammars.get(key)
+        if found is not None:
+            return found
+        from guardrail.backends.span_grammar import span_lark
+
+        target = decoding_schema(schema.json_schema, string_cap=self.string_cap, forbid_newlines=True, cap_patterns=True)
+        try:
+            lark, held = span_lark(target, spans.fields, spans.text)
+            found = _compile(loaded, lark, lark=True) if held else None
+            reason = "" if held else "no chosen field lies where the grammar can hold it"
+        except (ValueError, EngineRefused) as exc:
+            reason = str(exc)
+        if found is None:
+            warnings.warn(f"guardrail: extractive fields of schema {schema.name!r} are checked after decoding only: "
+                          f"{reason}", RuntimeWarning, stacklevel=4)
+            found = plain
+        with loaded.lock:
+            loaded.span_grammars[key] = found
+            while len(loaded.span_grammars) > _SPAN_GRAMMARS:
+                loaded.span_grammars.popitem(last=False)
+        return found
+
+    def stream(self, prompt: Prompt, schema: Schema, sampling: Sampling, *,
+               spans: Spans | None = None) -> Iterator[StreamDelta]:
         """Generate for one prompt, yielding its text token by token (a character split across tokens
         comes whole with its last token); the joined deltas are exactly ``generate``'s text, the final
         one carries the token counts, finish reason and log-probabilities. Closing it early ends the
-        generation at its next token."""
+        generation at its next token. ``spans``: as ``generate``'s, for this prompt."""
         loaded = self.load()
         pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         closed = threading.Event()
@@ -356,7 +408,7 @@ class LlamaCppBackend(Backend):
 
         def work() -> None:
             try:
-                done.set_result(self._one(loaded, prompt, schema, sampling, on_token))
+                done.set_result(self._one(loaded, prompt, schema, sampling, spans, on_token))
             except BaseException as exc:  # noqa: BLE001 - handed to the reader's thread
                 done.set_exception(exc)
             pieces.put(None)
@@ -377,13 +429,19 @@ class LlamaCppBackend(Backend):
             closed.set()
 
     def _one(self, loaded: _LoadedLlama, prompt: Prompt, schema: Schema, sampling: Sampling,
-             on_token: Callable[[int], None] | None = None) -> Generation:
-        """One generation; ``on_token`` gets each token of the output as it is chosen (an end token excepted)."""
+             spans: Spans | None = None, on_token: Callable[[int], None] | None = None) -> Generation:
+        """One generation; ``on_token`` gets each token of the output as it is chosen (an end token excepted).
+
+        With ``reasoning``, extractive fields are checked after decoding only (the thinking grammar
+        wraps the schema's own).
+        """
         import numpy as np
 
         llama_cpp = _import_llama_cpp()
         tokens, cuts, opened = self._tokens(loaded, prompt)
         grammar = self._grammar(loaded, schema, opened) if sampling.constrained else None
+        if not self.reasoning_tokens:
+            grammar = self._span_grammar(loaded, schema, spans, grammar)
         room = self.n_ctx - len(tokens)
         if room < 1:
             raise BackendError(f"the prompt has {len(tokens)} tokens, which leaves no room in a context of "
@@ -609,9 +667,13 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _compile(loaded: _LoadedLlama, schema_json: str, thinking: int = 0, opened: bool = False) -> Any:
-    """An llguidance matcher for ``schema_json`` over the model's vocabulary (after a thinking block of up
-    to ``thinking`` tokens, when above 0); EngineRefused if it cannot."""
+#: The one-line JSON layout both runtimes decode (``SEPARATORS``, no free whitespace).
+_LAYOUT: Any = {"whitespace_flexible": False, "item_separator": SEPARATORS[0], "key_separator": SEPARATORS[1]}
+
+
+def _compile(loaded: _LoadedLlama, grammar_text: str, *, lark: bool = False) -> Any:
+    """An llguidance matcher for a JSON Schema (or, with ``lark``, a Lark grammar) over the model's
+    vocabulary; EngineRefused if it cannot."""
     try:
         from llguidance import LLMatcher
         from llguidance.llamacpp import lltokenizer_from_vocab
@@ -625,13 +687,9 @@ def _compile(loaded: _LoadedLlama, schema_json: str, thinking: int = 0, opened: 
         with warnings.catch_warnings():  # it calls llama_token_get_attr, deprecated: two warnings per token
             warnings.simplefilter("ignore", DeprecationWarning)
             loaded.tokenizer = lltokenizer_from_vocab(vocab, eos_token=loaded.eos)
-    layout: Any = {"whitespace_flexible": False, "item_separator": SEPARATORS[0], "key_separator": SEPARATORS[1]}
     try:
-        if thinking:
-            answer = json.dumps({**json.loads(schema_json), "x-guidance": layout})
-            grammar = LLMatcher.grammar_from_lark(reasoning_lark(answer, thinking, opened=opened))
-        else:
-            grammar = LLMatcher.grammar_from_json_schema(schema_json, overrides=layout)
+        grammar = LLMatcher.grammar_from_lark(grammar_text) if lark else LLMatcher.grammar_from_json_schema(
+            grammar_text, overrides=_LAYOUT)
     except ValueError as exc:
         raise EngineRefused(str(exc)) from exc
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, loaded.tokenizer)

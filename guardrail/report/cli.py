@@ -27,6 +27,7 @@ from rich.text import Text
 
 from guardrail._cli_common import Runtime, Strategy, Structured, fail, stderr_console, warn
 from guardrail.errors import GuardrailError
+from guardrail.report.markdown import VERDICT_TEXT, fmt_value, half_width, verdict
 from guardrail.report.run import (
     DEFAULT_FAMILIES,
     DEFAULT_SEEDS,
@@ -227,12 +228,50 @@ def _summarise(result: ReportRun, fail_under: float | None) -> None:
     if result.rows_reused:
         console.print(f"resumed: {result.rows_reused} rows reused, {result.rows_run} run now")
     score = "–" if result.score is None else f"{result.score:.1f}"
+    for line in headline(result.report):
+        console.print(Text(line))
     console.print(Text.assemble("score ", (score, "bold"), f" / 100 · {result.rows_done}/{result.rows_planned} "
                                 f"prompts · report in {result.files.get('html', result.out_dir)}"))
     if result.exit_code == EXIT_INTERRUPTED:
         warn("interrupted:", f" {result.resume_hint}")
     elif result.exit_code == EXIT_FAIL_UNDER:
         console.print(Text(f"score {score} is below --fail-under {fail_under:g}", style="red"))
+
+
+def headline(report: dict[str, Any]) -> list[str]:
+    """The figures a reader looks at first, each with the half-width of its 95% interval.
+
+    >>> cell = {"value": 0.6, "ci": [0.5, 0.7], "half_width": 0.1}
+    >>> [line] = headline({"modes": ["constrained"], "metrics": {"constrained": {
+    ...     "clean": {"field_f1": cell, "exact_match": cell, "valid_at_k": cell, "cases": 28},
+    ...     "overall": {"field_f1": cell, "pdr": {"value": -0.01, "ci": [-0.05, 0.03], "half_width": 0.04}}}}})
+    >>> print(*line.split(" · "), sep="\\n")
+    field F1 0.600 ± 0.100 clean, 0.600 ± 0.100 under noise
+    exact match 0.600 ± 0.100
+    valid 0.600 ± 0.100
+    PDR no measurable drop (-0.010 ± 0.040)
+    28 cases
+    """
+    lines = []
+    for mode in report.get("modes", []):
+        summary = report.get("metrics", {}).get(mode, {})
+        clean, noisy = summary.get("clean") or {}, summary.get("overall") or {}
+        if not clean:
+            continue
+
+        def short(cell: Any) -> str:
+            text = fmt_value(cell, ci=False)
+            return f"{text} ± {half_width(cell):.3f}" if text != "–" and cell.get("ci") else text
+
+        pdr = noisy.get("pdr")
+        pdr_text = short(pdr)
+        if pdr and pdr.get("value") is not None and verdict(pdr) != "measurable_drop":
+            pdr_text = f"{VERDICT_TEXT.get(verdict(pdr) or '', '')} ({pdr_text})".strip()
+        prefix = f"{mode}: " if len(report.get("modes", [])) > 1 else ""
+        lines.append(f"{prefix}field F1 {short(clean.get('field_f1'))} clean, {short(noisy.get('field_f1'))} under noise"
+                     f" · exact match {short(clean.get('exact_match'))} · valid {short(clean.get('valid_at_k'))}"
+                     f" · PDR {pdr_text} · {clean.get('cases', '?')} cases")
+    return lines
 
 
 def _import_llm(spec: str) -> Callable[..., Any]:

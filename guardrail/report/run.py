@@ -296,7 +296,8 @@ class _Runner:
         if task.name not in self._guards:
             from guardrail.guard import Guard
 
-            self._guards[task.name] = Guard(task.schema, llm=self.backend(), retries=self.retries, **self.options)
+            self._guards[task.name] = Guard(task.schema, llm=self.backend(), retries=self.retries,
+                                            extractive=task.extractive, **self.options)
         return self._guards[task.name]
 
     def describe(self) -> dict[str, Any]:

@@ -58,8 +58,9 @@ DEFAULT_MAX_BATCH = 16
 class LocalBackend(Backend):
     """A transformers model in this process, constrained to the schema by a grammar engine.
 
-    ``model``: ``None`` or ``"embedded"`` for the embedded model, else a Hugging Face id or
-    directory already on disk (never downloaded). ``engine``: the grammar engine to try first
+    ``model``: ``None`` or ``"embedded"`` for the default embedded model, an embedded model's
+    name (``"smollm2-135m"``, ``"gemma3-270m"``: ``guardrail.backends.embedded``), else a Hugging
+    Face id or directory already on disk (never downloaded). ``engine``: the grammar engine to try first
     (default ``"llguidance"``); the others follow in ``ENGINES`` order as fallbacks. ``device``:
     ``"cpu"``, ``"cuda"``... (default: CUDA when available). ``string_cap``: ``maxLength`` given,
     for decoding only, to strings that have none (``None``: no cap). ``threads``: torch CPU
@@ -114,7 +115,11 @@ class LocalBackend(Backend):
                                hint="leave engine unset (llguidance is tried first), or turn reasoning off")
         self.share_prefix = share_prefix
         self.stop_loops = stop_loops
-        self.model_name = "embedded" if model in (None, "embedded") else str(model)
+        from guardrail.backends.embedded import EMBEDDED_MODELS, require_installed, resolve_embedded
+
+        # An embedded model by its own name, so "embedded" and its name share one loaded copy.
+        embedded = model in (None, "embedded") or model in EMBEDDED_MODELS
+        self.model_name = resolve_embedded(model).name if embedded else str(model)
         if grammar_cache is True:
             from guardrail.backends.embedded import cache_root
 
@@ -133,10 +138,8 @@ class LocalBackend(Backend):
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive number of rows, got {max_batch!r}")
         self.max_batch = max_batch
-        if self.model_name == "embedded":
-            from guardrail.backends.embedded import find_embedded_gguf
-
-            find_embedded_gguf()  # fail now, with the install hint, rather than at the first call
+        if embedded:
+            require_installed(self.model_name)  # fail now, with the install hint, rather than at the first call
 
     # -- loading and compiling ------------------------------------------------------------------
 
@@ -555,8 +558,41 @@ def _render(tokenizer: Any, prompt: Prompt) -> tuple[str, bool]:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
     if isinstance(prompt, str):
         return prompt, False
-    # A base model without a template: a plain transcript that ends where the answer goes.
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:", False
+    return transcript(messages), False
+
+
+#: How a base model (no chat template) reads each role: an exchange it can continue.
+_BASE_ROLES = {"system": "", "user": "Input: ", "assistant": "Output:\n"}
+
+
+def transcript(messages: Sequence[dict[str, Any]]) -> str:
+    """Chat messages as plain text for a base model: the instructions, then ``Input:``/``Output:``
+    pairs (the few-shot turns), ending where the next output goes. A base model has seen many
+    such pages; ``user:``/``assistant:`` labels read to it like a transcript to go on with. An
+    output starts on a line of its own, so the answer's first token is ``{`` as in the examples
+    (the grammar allows no space before it).
+
+    >>> print(transcript([{"role": "system", "content": "Extract."}, {"role": "user", "content": "a"},
+    ...                   {"role": "assistant", "content": "{}"}, {"role": "user", "content": "b"}]))
+    Extract.
+    <BLANKLINE>
+    Input: a
+    Output:
+    {}
+    <BLANKLINE>
+    Input: b
+    Output:
+    <BLANKLINE>
+    """
+    blocks: list[str] = []
+    for message in messages:
+        role, content = message.get("role", "user"), str(message.get("content", ""))
+        label = _BASE_ROLES.get(role, f"{role}: ")
+        if role == "assistant" and blocks and blocks[-1].startswith(_BASE_ROLES["user"]):
+            blocks[-1] += f"\n{label}{content}"  # an answer sits right under its input
+        else:
+            blocks.append(f"{label}{content}")
+    return "\n\n".join(blocks) + "\n" + _BASE_ROLES["assistant"]
 
 
 @lru_cache(maxsize=64)

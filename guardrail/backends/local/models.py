@@ -142,10 +142,10 @@ def load(name: str, device: str) -> LoadedModel:
         except ImportError as exc:
             raise BackendError(f"local models need torch and transformers ({exc})", hint=LOCAL_HINT) from exc
         started = time.perf_counter()
-        if name == "embedded":
-            from guardrail.backends.embedded import load_embedded
+        from guardrail.backends.embedded import EMBEDDED_MODELS, load_embedded
 
-            embedded = load_embedded()
+        if name in EMBEDDED_MODELS or name == "embedded":
+            embedded = load_embedded(name)
             model, tokenizer, source = embedded.model, embedded.tokenizer, f"embedded ({embedded.source})"
         else:
             model, tokenizer = _load_pretrained(name)
