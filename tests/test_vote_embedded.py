@@ -34,11 +34,11 @@ OPTIONS = {"retries": 2, "max_new_tokens": 96, "max_new_tokens_cap": 96, "thread
 VOTE = {"strategy": "vote", "samples": 5, "temperature": 0.7, "seed": 0}
 
 # Found by searching SNIPS *train* utterances that are not in the example suite (neither cases nor
-# few-shot examples) for one where greedy decoding gets exactly one field wrong and most of the
-# five samples get it right: greedy leaves out the show's name, three of five samples give it.
-CASE_ID = "SearchCreativeWork-train-252"
-CASE_TEXT = "Find a show called The Inheritors"
-CASE_GOLD = {"object_type": ["show"], "object_name": ["The Inheritors"]}
+# few-shot examples) for one where greedy decoding gets exactly one field wrong and the vote gets
+# it right: greedy takes "saga" into the title, the plurality of five samples does not.
+CASE_ID = "SearchCreativeWork-train-162"
+CASE_TEXT = "Please find me the Rear Mirror saga."
+CASE_GOLD = {"object_name": ["Rear Mirror"], "object_type": ["saga"]}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_vote_fixes_the_field_greedy_gets_wrong(task, voted) -> None:  # type: i
     assert wrong == ["object_name"], f"greedy gave {greedy.data}"
     samples = [json.loads(s.output) for s in voted.attempts[0].samples if s.ok]
     right = sum(same_value(s.get("object_name"), CASE_GOLD["object_name"]) for s in samples)
-    assert right * 2 > len(samples), f"samples: {samples}"
+    assert right > 0, f"samples: {samples}"  # the plurality, not necessarily a majority
     assert same_value(voted.data.get("object_name"), CASE_GOLD["object_name"]), f"vote gave {voted.data}"
     assert voted.agreement["/object_name"] == right / len(samples)
 
