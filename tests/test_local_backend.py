@@ -8,6 +8,7 @@ so that the whole file takes a few minutes on two cores.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -403,7 +404,7 @@ def test_converted_cache_is_used_by_a_second_process(backend: LocalBackend, tmp_
     digest = embedded.file_digest(gguf)
     loaded = backend.load()
     entry = tmp_path / "models" / digest
-    embedded.write_cache(loaded.model, loaded.tokenizer, entry, digest)
+    embedded.write_cache(loaded.model, loaded.tokenizer, entry, digest, gguf_file=gguf.name)
     assert embedded.cache_is_valid(entry, digest)
     assert not list((tmp_path / "models").glob(".*"))  # no temporary directory left behind
     code = ("import json; from guardrail.backends.embedded import load_embedded; e = load_embedded(); "
@@ -488,10 +489,14 @@ def test_entries_of_an_older_cache_format_are_pruned(tmp_path: Path) -> None:
 # Continuous batching on the real model: rows join and leave a running batch
 
 
-def _snips_prompts() -> tuple[Schema, list[list[dict[str, str]]]]:
+def _snips_prompts(*, zero_shot: bool = True) -> tuple[Schema, list[list[dict[str, str]]]]:
     from guardrail.suite import load_suite
 
     task = load_suite(Path(__file__).resolve().parents[1] / "examples" / "suites" / "snips.yaml").task("AddToPlaylist")
+    if zero_shot:
+        # The instruction without the few-shot examples: on it the embedded model loops inside lists
+        # and runs long, which the tests of the decode loop need (the suite's prompts no longer do).
+        task = dataclasses.replace(task, examples=[], shots=None)
     texts = [case.input for case in task.cases[:4]]
     # The noisy prompt on which the embedded model loops inside a list (see test_loops.py).
     texts.append("The hallway lights flicker now and then. Please add Pop Punk Powerhouses by Valeri Leontjev to my "
@@ -519,7 +524,7 @@ def test_greedy_attempts_are_identical_with_and_without_continuous_batching(back
 @pytest.mark.slow
 @needs_model
 def test_a_looping_row_leaves_the_batch_and_the_others_decode_as_alone(backend: LocalBackend) -> None:
-    schema, prompts = _snips_prompts()  # the suite's own messages, as in test_loops.py: the last one loops
+    schema, prompts = _snips_prompts()  # as in test_loops.py: the last one loops
     sampling = Sampling(max_new_tokens=120)
     batched = LocalBackend(threads=THREADS, max_batch=16).generate(prompts, schema, sampling)
     alone = LocalBackend(threads=THREADS, max_batch=1).generate(prompts, schema, sampling)
@@ -534,7 +539,7 @@ def test_guard_runs_from_four_threads_share_the_batch_and_get_their_own_answers(
 
     from guardrail import Guard
 
-    schema, prompts = _snips_prompts()
+    schema, prompts = _snips_prompts(zero_shot=False)  # the suite's own prompts: valid at the first try
     guard = Guard(schema, model="embedded", retries=0, max_new_tokens=48, threads=THREADS)
     expected = [guard.run(p).raw for p in prompts[:4]]
     steps = backend.scheduler.steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -115,7 +116,8 @@ def test_the_embedded_models_list_loop_is_stopped_early() -> None:
     from guardrail.suite import load_suite
 
     suite = load_suite(ROOT / "examples" / "suites" / "snips.yaml")
-    task = next(t for t in suite.tasks if t.name == "AddToPlaylist")
+    # Without its few-shot examples: with them the model no longer loops on this prompt.
+    task = dataclasses.replace(next(t for t in suite.tasks if t.name == "AddToPlaylist"), examples=[], shots=None)
     text = ("The hallway lights flicker now and then. Please add Pop Punk Powerhouses by Valeri Leontjev to my "
             "play list Someone left a blue umbrella by the door.")
     threads = int(os.environ.get("GUARDRAIL_TEST_THREADS", "1"))
