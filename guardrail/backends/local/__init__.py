@@ -2,8 +2,10 @@
 
 ``LocalBackend`` is the public name (``guardrail.backends.local.LocalBackend``); the modules
 beside it each hold one concern: ``models`` (loading, once per process), ``engines`` (grammar
-engines), ``scheduler`` (the continuous-batching decode loop), ``kv`` (key/value states of the
-running rows and of stored prompt prefixes) and ``sampling`` (choosing each row's token).
+engines), ``grammars`` (which grammar constrains a request), ``text`` (prompts to model text and
+tokens back), ``scheduler`` (the continuous-batching decode loop), ``rows`` (what it works on),
+``kv`` (key/value states of the running rows and of stored prompt prefixes) and ``sampling``
+(choosing each row's token).
 """
 
 from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, SEPARATORS, decoding_schema

@@ -1,11 +1,12 @@
 """``LocalBackend``: a transformers model in this process, its decoding constrained to the schema.
 
 The parts live beside this module: ``models`` loads a model once per process, ``engines`` adapts
-the grammar engines (llguidance, then xgrammar, then outlines_core), ``scheduler`` runs the one
+the grammar engines (llguidance, then xgrammar, then outlines_core), ``grammars`` picks and keeps
+each request's grammar, ``text`` renders prompts and decodes tokens, ``scheduler`` runs the one
 decode loop per model in which every request is a row (continuous batching), ``kv`` keeps the
 rows' key/value states and the stored prompt prefixes, and ``sampling`` picks each row's token.
-This module turns prompts into requests (rendered with the chat template, tokenized, given the
-schema's compiled grammar) and the finished rows back into ``Generation`` objects.
+This module turns prompts into requests (rendered, tokenized, given their grammar) and the
+finished rows back into ``Generation`` objects.
 
 >>> from guardrail.schema import Schema  # doctest: +SKIP
 >>> backend = LocalBackend()  # the embedded model, loaded on first use  # doctest: +SKIP
@@ -19,24 +20,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import logging
 import os
 import queue
 import threading
-import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import suppress
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from guardrail.backends.base import Backend, Generation, Prompt, Sampling, StreamDelta
-from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP, SEPARATORS, decoding_schema
-from guardrail.backends.local.engines import ENGINES, Engine, EngineRefused
+from guardrail.backends.decoding_schema import DEFAULT_STRING_CAP
+from guardrail.backends.local.engines import ENGINES
+from guardrail.backends.local.grammars import Grammars
 from guardrail.backends.local.models import Compiled, LoadedModel, load, loaded, resolve_device
-from guardrail.backends.reasoning_grammar import reasoning_budget, reasoning_lark, tag_room, think_opened
+from guardrail.backends.local.text import Detokenizer, instructions_length, render
+from guardrail.backends.reasoning_grammar import reasoning_budget, tag_room, think_opened
 from guardrail.errors import BackendError
-from guardrail.events import engine_fallback
 from guardrail.messages import text_only
 
 if TYPE_CHECKING:
@@ -46,10 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_BATCH", "LocalBackend"]
 
-logger = logging.getLogger("guardrail")
-
-#: Grammars held to one input's spans kept per model (an input recurs with its re-asks and votes).
-SPAN_GRAMMARS = 256
 #: Rows decoded at once by default: on a 2-core CPU, 16 is where a step's cost stops growing slower
 #: than the batch (issue 6's measurements); a GPU takes many more.
 DEFAULT_MAX_BATCH = 16
@@ -173,85 +168,11 @@ class LocalBackend(Backend):
         """The engine that constrains ``schema`` (compiling it if needed); None means unconstrained."""
         return self._compiled(self.load(), schema).engine
 
+    def _grammars(self) -> Grammars:
+        return Grammars(self.engines, self.string_cap, self.grammar_cache, self.reasoning_tokens)
+
     def _compiled(self, loaded: LoadedModel, schema: Schema) -> Compiled:
-        key = (schema.hash, self.engines, self.string_cap)
-        with loaded.lock:
-            choice = loaded.choices.get(key)
-            if choice is not None:
-                return choice
-            reasons: list[str] = []
-            for name in self.engines:
-                try:
-                    grammar = self._grammar(loaded, schema, name)
-                except EngineRefused as exc:
-                    reasons.append(f"{name}: {exc}")
-                    following = next((e for e in self.engines[self.engines.index(name) + 1:]), "unconstrained")
-                    warnings.warn(
-                        f"guardrail: the {name} engine cannot compile schema {schema.name!r} ({exc}); "
-                        f"falling back to {following}", RuntimeWarning, stacklevel=3)
-                    engine_fallback(schema.name, name, None if following == "unconstrained" else following, str(exc))
-                    continue
-                choice = Compiled(name, grammar)
-                break
-            else:
-                warnings.warn(f"guardrail: no engine can compile schema {schema.name!r}; generating unconstrained, "
-                              f"validation still applies ({'; '.join(reasons)})", RuntimeWarning, stacklevel=3)
-                choice = Compiled(None)
-            loaded.choices[key] = choice
-            return choice
-
-    def _grammar(self, loaded: LoadedModel, schema: Schema, name: str) -> Any:
-        key = (schema.hash, name, self.string_cap)
-        if key not in loaded.grammars:
-            engine = loaded.engine(name)
-            target = decoding_schema(schema.json_schema, string_cap=self.string_cap,
-                                     forbid_newlines=engine.forbid_newlines, cap_patterns=engine.cap_patterns)
-            try:
-                engine.admit(target)
-            except EngineRefused as exc:
-                loaded.grammars[key] = exc
-            else:
-                loaded.grammars[key] = self._compile_or_read(loaded, engine, json.dumps(target))
-        found = loaded.grammars[key]
-        if isinstance(found, EngineRefused):
-            raise found
-        return found
-
-    def _compile_or_read(self, loaded: LoadedModel, engine: Engine, schema_json: str) -> Any:
-        """Compile, or read what an earlier process compiled; an engine's refusal is returned."""
-        disk, entry = None, ""
-        if self.grammar_cache is not None and type(engine).serialize is not Engine.serialize:
-            from guardrail.backends.grammar_cache import GrammarCache
-
-            disk = GrammarCache(self.grammar_cache)
-            facts = {"engine": engine.name, "version": _version(engine.name), "tokenizer": loaded.tokenizer_fingerprint()}
-            entry = disk.key(facts["engine"], facts["version"], facts["tokenizer"], schema_json)
-            payload = disk.load(entry, **facts)
-            if payload is not None:
-                try:
-                    compiled = engine.deserialize(payload)
-                except Exception as exc:  # noqa: BLE001 - an engine that cannot read it: compile instead
-                    logger.warning("guardrail: ignoring a cached %s grammar it cannot read (%s)", engine.name, exc,
-                                   extra={"guardrail": {"event": "grammar_cache", "engine": engine.name,
-                                                        "error": str(exc)}})
-                else:
-                    loaded.disk_loads += 1
-                    return compiled
-        loaded.compiles += 1
-        try:
-            compiled = engine.compile(schema_json)
-        except EngineRefused as exc:
-            return exc
-        if disk is not None:
-            payload = engine.serialize(compiled)
-            if payload is not None:
-                try:
-                    disk.store(entry, payload, **facts)
-                except OSError as exc:  # a read-only or full disk: only slower next time
-                    logger.warning("guardrail: could not write the grammar cache %s: %s", disk.root, exc,
-                                   extra={"guardrail": {"event": "grammar_cache", "engine": engine.name,
-                                                        "error": str(exc)}})
-        return compiled
+        return self._grammars().for_schema(loaded, schema)
 
     # -- generating -----------------------------------------------------------------------------
 
@@ -316,92 +237,22 @@ class LocalBackend(Backend):
 
         prompt = text_only(prompt, type(self).__name__)
         tokenizer = model.tokenizer
-        text, templated = _render(tokenizer, prompt)
+        text, templated = render(tokenizer, prompt)
         compiled = self._compiled(model, schema) if sampling.constrained else Compiled(None)
         if self.reasoning_tokens and compiled.engine is not None:
-            compiled = self._reasoning_compiled(model, schema, compiled, think_opened(text), spans is not None)
+            compiled = self._grammars().for_reasoning(model, schema, compiled, think_opened(text), spans is not None)
             sampling = sampling.but(max_new_tokens=sampling.max_new_tokens + tag_room(self.reasoning_tokens))
         elif spans is not None and compiled.engine is not None:
-            compiled = self._span_compiled(model, schema, spans, compiled)
+            compiled = self._grammars().for_spans(model, schema, spans, compiled)
         tokens = tokenizer(text, add_special_tokens=not templated)["input_ids"]
         shared = 0
         if templated and not isinstance(prompt, str) and len(prompt) > 1:
-            shared = _instructions_length(tokenizer, json.dumps(list(prompt)[:-1]), tuple(tokens[:2048]))
+            shared = instructions_length(tokenizer, json.dumps(list(prompt)[:-1]), tuple(tokens[:2048]))
         grammar = None
         if compiled.engine is not None:
             grammar = Grammar(model.engine(compiled.engine), compiled.grammar)
         return Request(tokens=list(tokens), sampling=sampling, eos_ids=model.eos_ids, grammar=grammar, shared=shared,
                        stop_loops=self.stop_loops, share_prefix=self.share_prefix)
-
-    def _span_compiled(self, model: LoadedModel, schema: Schema, spans: Spans, plain: Compiled) -> Compiled:
-        """The grammar holding ``spans.fields`` to spans of ``spans.text`` (kept per schema and input);
-        the schema's own grammar, with a warning, when it cannot be built."""
-        key = (schema.hash, self.string_cap, spans.fields, spans.text)
-        with model.lock:
-            found = model.span_grammars.get(key)
-            if found is not None:
-                model.span_grammars.move_to_end(key)
-                return found
-        reason = ""
-        if plain.engine != "llguidance":
-            reason = (f"holding values to spans of the input needs the llguidance engine, and {plain.engine} "
-                      "constrains this schema")
-        else:
-            from guardrail.backends.span_grammar import span_lark
-
-            engine = model.engine("llguidance")
-            target = decoding_schema(schema.json_schema, string_cap=self.string_cap,
-                                     forbid_newlines=engine.forbid_newlines, cap_patterns=engine.cap_patterns)
-            try:
-                lark, held = span_lark(target, spans.fields, spans.text)
-                found = Compiled("llguidance", engine.compile_lark(lark)) if held else None  # type: ignore[attr-defined]
-                if not held:
-                    reason = "no chosen field lies where the grammar can hold it"
-            except (ValueError, EngineRefused) as exc:
-                reason = str(exc)
-        if found is None:
-            warnings.warn(f"guardrail: extractive fields of schema {schema.name!r} are checked after decoding only: "
-                          f"{reason}", RuntimeWarning, stacklevel=5)
-            found = plain
-        with model.lock:
-            model.span_grammars[key] = found
-            while len(model.span_grammars) > SPAN_GRAMMARS:
-                model.span_grammars.popitem(last=False)
-        return found
-
-    def _reasoning_compiled(self, model: LoadedModel, schema: Schema, plain: Compiled, opened: bool,
-                            extractive: bool) -> Compiled:
-        """The grammar of a thinking block then the schema (``guardrail.backends.reasoning_grammar``), kept
-        per schema; the schema's own grammar, with a warning, when llguidance does not constrain it."""
-        if plain.engine != "llguidance":
-            key = (schema.hash, f"reasoning-refused:{plain.engine}", self.string_cap)
-            if key not in model.grammars:
-                model.grammars[key] = True
-                logger.warning("guardrail: no thinking for schema %r: the reasoning grammar needs the llguidance "
-                               "engine, and %s constrains this schema", schema.name, plain.engine,
-                               extra={"guardrail": {"event": "reasoning_off", "schema": schema.name,
-                                                    "engine": plain.engine}})
-            return plain
-        if extractive:
-            key = (schema.hash, "reasoning-extractive", self.string_cap)
-            if key not in model.grammars:
-                model.grammars[key] = True
-                logger.info("guardrail: with reasoning, the extractive fields of schema %r are checked after "
-                            "decoding only", schema.name)
-        # An engine variant of the schema's grammar: kept beside the plain one, per budget and opening.
-        key = (schema.hash, f"llguidance+reasoning:{self.reasoning_tokens}:{int(opened)}", self.string_cap)
-        with model.lock:
-            found = model.grammars.get(key)
-            if found is None:
-                engine = model.engine("llguidance")
-                target = dict(decoding_schema(schema.json_schema, string_cap=self.string_cap,
-                                              forbid_newlines=engine.forbid_newlines, cap_patterns=engine.cap_patterns))
-                target["x-guidance"] = {"whitespace_flexible": False, "item_separator": SEPARATORS[0],
-                                        "key_separator": SEPARATORS[1]}
-                lark = reasoning_lark(json.dumps(target), self.reasoning_tokens, opened=opened)
-                model.compiles += 1
-                found = model.grammars[key] = engine.compile_lark(lark)  # type: ignore[attr-defined]
-        return Compiled("llguidance", found)
 
     # -- streaming ------------------------------------------------------------------------------
 
@@ -415,7 +266,7 @@ class LocalBackend(Backend):
         model = self.load()
         tokens: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         row, closed = self._submit_streaming(model, prompt, schema, sampling, spans, tokens.put)
-        text = _Detokenizer(model.tokenizer)
+        text = Detokenizer(model.tokenizer)
         try:
             while (token := tokens.get()) is not None:
                 if piece := text.add(token):
@@ -437,7 +288,7 @@ class LocalBackend(Backend):
                 loop.call_soon_threadsafe(tokens.put_nowait, token)
 
         row, closed = self._submit_streaming(model, prompt, schema, sampling, spans, hand_over)
-        text = _Detokenizer(model.tokenizer)
+        text = Detokenizer(model.tokenizer)
         try:
             while (token := await tokens.get()) is not None:
                 if piece := text.add(token):
@@ -469,7 +320,7 @@ class LocalBackend(Backend):
         row.add_done_callback(lambda _: hand_over(None))  # after the last token: the same thread, in order
         return row, closed
 
-    def _ending(self, model: LoadedModel, finished: Finished, text: _Detokenizer) -> Iterator[StreamDelta]:
+    def _ending(self, model: LoadedModel, finished: Finished, text: Detokenizer) -> Iterator[StreamDelta]:
         """The text the last tokens held back, then the final delta."""
         generation = self._generation(model, finished)
         rest = text.rest(generation.text)
@@ -506,98 +357,3 @@ class LocalBackend(Backend):
 
 class _StreamClosed(Exception):
     """Raised in the decode thread for a row whose stream nobody reads any more: the row ends."""
-
-
-class _Detokenizer:
-    """The text of a growing list of tokens, handed out as it becomes final.
-
-    Each token decodes the whole list again, as ``sampling.token_logprobs`` does (tens of
-    microseconds for hundreds of tokens), so the pieces join to exactly what ``tokenizer.decode``
-    makes of the whole output. A piece is held back while it ends in half a character (U+FFFD) or
-    does not extend what was handed out (a tokenizer that tidies spaces before punctuation can
-    change its mind about the end of the text; its last word is then the text handed out).
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.tokens: list[int] = []
-        self.sent = ""
-
-    def add(self, token: int) -> str:
-        self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd") or len(text) <= len(self.sent) or not text.startswith(self.sent):
-            return ""
-        piece = text[len(self.sent):]
-        self.sent = text
-        return piece
-
-    def rest(self, whole: str) -> str:
-        """What ``whole`` (the final text) adds to what was handed out."""
-        shared = 0
-        for a, b in zip(self.sent, whole, strict=False):
-            if a != b:
-                break
-            shared += 1
-        return whole[shared:]
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _render(tokenizer: Any, prompt: Prompt) -> tuple[str, bool]:
-    """The prompt as model text, and whether a chat template produced it."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
-    if isinstance(prompt, str):
-        return prompt, False
-    return transcript(messages), False
-
-
-#: How a base model (no chat template) reads each role: an exchange it can continue.
-_BASE_ROLES = {"system": "", "user": "Input: ", "assistant": "Output:\n"}
-
-
-def transcript(messages: Sequence[dict[str, Any]]) -> str:
-    """Chat messages as plain text for a base model: the instructions, then ``Input:``/``Output:``
-    pairs (the few-shot turns), ending where the next output goes. A base model has seen many
-    such pages; ``user:``/``assistant:`` labels read to it like a transcript to go on with. An
-    output starts on a line of its own, so the answer's first token is ``{`` as in the examples
-    (the grammar allows no space before it).
-
-    >>> print(transcript([{"role": "system", "content": "Extract."}, {"role": "user", "content": "a"},
-    ...                   {"role": "assistant", "content": "{}"}, {"role": "user", "content": "b"}]))
-    Extract.
-    <BLANKLINE>
-    Input: a
-    Output:
-    {}
-    <BLANKLINE>
-    Input: b
-    Output:
-    <BLANKLINE>
-    """
-    blocks: list[str] = []
-    for message in messages:
-        role, content = message.get("role", "user"), str(message.get("content", ""))
-        label = _BASE_ROLES.get(role, f"{role}: ")
-        if role == "assistant" and blocks and blocks[-1].startswith(_BASE_ROLES["user"]):
-            blocks[-1] += f"\n{label}{content}"  # an answer sits right under its input
-        else:
-            blocks.append(f"{label}{content}")
-    return "\n\n".join(blocks) + "\n" + _BASE_ROLES["assistant"]
-
-
-@lru_cache(maxsize=64)
-def _instructions_length(tokenizer: Any, head_json: str, start: tuple[int, ...]) -> int:
-    """How many tokens render the messages before the last one (0 if they do not line up)."""
-    head = tokenizer.apply_chat_template(json.loads(head_json), tokenize=False, add_generation_prompt=False)
-    ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    return len(ids) if tuple(ids) == start[: len(ids)] else 0

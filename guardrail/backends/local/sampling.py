@@ -13,12 +13,58 @@ strategies (the warped distribution would make every greedy choice look certain)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from guardrail.backends.base import Sampling
+from guardrail.backends.local.engines import bitmask_bias
+
+
+def choose(rows: Sequence[Any], device: Any, fail: Callable[[Any, BaseException], None]) -> dict[int, int]:
+    """Each running row's next token (keyed by ``id(row)``), its log-probability recorded on the
+    row. ``rows`` are the scheduler's ``rows.Row`` objects, each holding the scores of its next
+    token; a row whose grammar raises is handed to ``fail`` and gets only end tokens."""
+    scores = torch.stack([row.logits for row in rows if row.logits is not None]).float()
+    width = scores.shape[1]
+    for i, row in enumerate(rows):
+        penalty = row.request.sampling.repetition_penalty
+        if penalty is not None and row.seen is not None:
+            penalise(scores[i], row.seen, penalty)
+    scores = scores + grammar_mask(rows, width, fail).to(device)
+    logprobs = torch.log_softmax(scores, dim=-1)
+    chosen: dict[int, int] = {}
+    for i, row in enumerate(rows):
+        token = draw(scores[i], row.request.sampling, row.generator)
+        chosen[id(row)] = token
+        row.logprobs.append(float(logprobs[i, token]))
+    return chosen
+
+
+def grammar_mask(rows: Sequence[Any], width: int, fail: Callable[[Any, BaseException], None]) -> torch.Tensor:
+    """The additive mask of every row: its grammar's allowed tokens; only end tokens for a broken
+    row or one whose grammar allows nothing (validation will say why)."""
+    bias = torch.zeros((len(rows), width))
+    by_engine: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.matcher is not None and not row.broken:
+            by_engine.setdefault(id(row.request.grammar.engine), []).append(i)
+    for members in by_engine.values():
+        engine = rows[members[0]].request.grammar.engine
+        bitmask = torch.zeros((len(members), engine.words(width)), dtype=torch.int32)
+        for j, i in enumerate(members):
+            try:
+                engine.fill(rows[i].matcher, bitmask, j)
+            except Exception as exc:  # noqa: BLE001 - this row's grammar failed: end the row with it
+                fail(rows[i], exc)
+        bias[members] = bitmask_bias(bitmask, width)
+    for i, row in enumerate(rows):
+        stuck = not row.broken and row.matcher is not None and bool(torch.isinf(bias[i]).all())
+        if row.broken or stuck:
+            bias[i] = float("-inf")
+            bias[i, [t for t in row.request.eos_ids if t < width]] = 0.0
+    return bias
 
 
 def penalise(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:

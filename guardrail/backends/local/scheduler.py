@@ -25,75 +25,22 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from guardrail.backends.base import Sampling
-from guardrail.backends.local.engines import Engine, bitmask_bias
 from guardrail.backends.local.kv import PrefixStore, SlotCache, common_prefix, layer_states
-from guardrail.backends.local.sampling import draw, generator_for, penalise
+from guardrail.backends.local.rows import Finished, Grammar, Request, Row
+from guardrail.backends.local.sampling import choose
 from guardrail.backends.loops import ends_in_loop
 
+__all__ = ["Finished", "Grammar", "Request", "Scheduler"]
+
 logger = logging.getLogger("guardrail")
-
-@dataclass(frozen=True)
-class Grammar:
-    """A compiled grammar and the engine that drives its matchers."""
-
-    engine: Engine
-    compiled: Any
-
-
-@dataclass
-class Finished:
-    """What a request produced: its tokens (an end token excluded) and how it ended."""
-
-    tokens: list[int]
-    count: int  # tokens generated, an end token included
-    finish_reason: str  # "stop", "length" or "repetition"
-    logprobs: list[float]
-    prompt_tokens: int
-    seconds: float  # from admission to the last token
-
-
-@dataclass(eq=False)
-class Request:
-    """One prompt to decode. ``shared``: how many leading tokens other prompts are likely to share
-    (the guard's instructions), worth storing as a prefix when no stored one fits."""
-
-    tokens: list[int]
-    sampling: Sampling
-    eos_ids: frozenset[int]
-    grammar: Grammar | None = None
-    shared: int = 0
-    stop_loops: bool = True
-    share_prefix: bool = True  # may start from (and add to) the stored prefixes
-    on_token: Callable[[int], None] | None = None
-    future: Future[Finished] = field(default_factory=Future)
-
-
-class _Row:
-    """A request while it holds a slot."""
-
-    def __init__(self, request: Request, device: Any) -> None:
-        self.request = request
-        grammar = request.grammar
-        self.matcher = grammar.engine.new_matcher(grammar.compiled) if grammar is not None else None
-        self.broken = False  # its matcher rejected a token: it can only end now
-        self.generated: list[int] = []
-        self.logprobs: list[float] = []
-        self.generator = generator_for(request.sampling, device)
-        self.seen: torch.Tensor | None = None  # token ids for the repetition penalty
-        if request.sampling.repetition_penalty is not None:
-            self.seen = torch.tensor(sorted(set(request.tokens)), dtype=torch.long, device=device)
-        self.admitted = time.perf_counter()
-        self.logits: torch.Tensor | None = None  # scores of the next token, once computed
 
 
 class Scheduler:
@@ -116,7 +63,7 @@ class Scheduler:
         self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
         self._keep_arg = "logits_to_keep" if "logits_to_keep" in parameters else None
         self._queue: deque[Request] = deque()
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._cache: SlotCache | None = None
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -186,7 +133,7 @@ class Scheduler:
                 return
             self.steps += 1
             self.busy_slot_steps += len(self._rows)
-            chosen = self._choose()
+            chosen = choose(self._rows, self.device, self._fail)
             self._finish(chosen)
             if self._rows:
                 self._forward([chosen[id(row)] for row in self._rows])
@@ -292,10 +239,10 @@ class Scheduler:
 
     def _prefill_chunk(self, prefix: tuple[int, ...], stored: Any, members: list[Request]) -> None:
         device = self.device
-        rows: list[_Row] = []
+        rows: list[Row] = []
         for request in members:
             try:
-                rows.append(_Row(request, device))
+                rows.append(Row(request, device))
             except Exception as exc:  # noqa: BLE001 - its grammar cannot start: this request fails alone
                 request.future.set_exception(exc)
         if not rows:
@@ -330,47 +277,6 @@ class Scheduler:
             self.admitted += 1
 
     # -- one step ----------------------------------------------------------------------------------
-
-    def _choose(self) -> dict[int, int]:
-        """Each row's next token (and its log-probability, recorded on the row)."""
-        rows = self._rows
-        scores = torch.stack([row.logits for row in rows if row.logits is not None]).float()
-        width = scores.shape[1]
-        for i, row in enumerate(rows):
-            penalty = row.request.sampling.repetition_penalty
-            if penalty is not None and row.seen is not None:
-                penalise(scores[i], row.seen, penalty)
-        scores = scores + self._mask(rows, width)
-        logprobs = torch.log_softmax(scores, dim=-1)
-        chosen: dict[int, int] = {}
-        for i, row in enumerate(rows):
-            token = draw(scores[i], row.request.sampling, row.generator)
-            chosen[id(row)] = token
-            row.logprobs.append(float(logprobs[i, token]))
-        return chosen
-
-    def _mask(self, rows: list[_Row], width: int) -> torch.Tensor:
-        """The additive mask of every row: its grammar's allowed tokens; only end tokens for a broken row."""
-        bias = torch.zeros((len(rows), width))
-        by_engine: dict[int, list[int]] = {}
-        for i, row in enumerate(rows):
-            if row.matcher is not None and not row.broken:
-                by_engine.setdefault(id(row.request.grammar.engine), []).append(i)  # type: ignore[union-attr]
-        for members in by_engine.values():
-            engine = rows[members[0]].request.grammar.engine  # type: ignore[union-attr]
-            bitmask = torch.zeros((len(members), engine.words(width)), dtype=torch.int32)
-            for j, i in enumerate(members):
-                try:
-                    engine.fill(rows[i].matcher, bitmask, j)
-                except Exception as exc:  # noqa: BLE001 - this row's grammar failed: end the row with it
-                    self._fail(rows[i], exc)
-            bias[members] = bitmask_bias(bitmask, width)
-        for i, row in enumerate(rows):
-            stuck = not row.broken and row.matcher is not None and bool(torch.isinf(bias[i]).all())
-            if row.broken or stuck:  # nothing the grammar allows: end the row, validation will say why
-                bias[i] = float("-inf")
-                bias[i, [t for t in row.request.eos_ids if t < width]] = 0.0
-        return bias.to(self.device)
 
     def _finish(self, chosen: dict[int, int]) -> None:
         """Advance each row with its token; rows that end leave their slot."""
@@ -436,7 +342,7 @@ class Scheduler:
 
     # -- leaving -----------------------------------------------------------------------------------
 
-    def _remove(self, row: _Row) -> None:
+    def _remove(self, row: Row) -> None:
         slot = self._rows.index(row)
         assert self._cache is not None
         moved = self._cache.remove(slot)
@@ -444,7 +350,7 @@ class Scheduler:
             self._rows[slot] = self._rows[moved]
         self._rows.pop()
 
-    def _fail(self, row: _Row, exc: BaseException) -> None:
+    def _fail(self, row: Row, exc: BaseException) -> None:
         if not row.request.future.done():
             row.request.future.set_exception(exc)
 
