@@ -20,10 +20,11 @@ def resolve(llm: Backend | Callable[..., Any] | None, model: str | None, *, time
 
     A ``Backend`` is used as is; a callable is wrapped; a ``base_url`` option selects an
     OpenAI-compatible server (``guardrail.backends.remote``), where ``model`` is the server's model
-    name; otherwise ``model`` names a local model (``None`` or ``"embedded"`` is the embedded
-    SmolLM2), run by the ``runtime`` option: ``"transformers"`` (the default: any Hugging Face
-    model, batches, GPUs; ``guardrail.backends.local``) or ``"llamacpp"`` (a GGUF file run by
-    llama.cpp, faster for single requests on a CPU; ``guardrail.backends.llamacpp``).
+    name; otherwise ``model`` names a local model (``None`` or ``"embedded"`` is the default
+    embedded model, ``guardrail.backends.embedded``), run by the ``runtime`` option:
+    ``"transformers"`` (the default: any Hugging Face model, batches, GPUs;
+    ``guardrail.backends.local``) or ``"llamacpp"`` (a GGUF file run by llama.cpp, faster for
+    single requests on a CPU; ``guardrail.backends.llamacpp``).
     """
     if llm is not None and model is not None:
         raise ValueError("give either llm= (your own function or backend) or model=, not both")
