@@ -198,3 +198,64 @@ def test_repetition_penalty_matches_transformers() -> None:
     expected = out[0, len(ROWS[0]):].tolist()
     got = scheduler(model, 2).submit(request(ROWS[0], sampling=Sampling(max_new_tokens=16, repetition_penalty=1.3)))
     assert got.result(timeout=120).tokens == expected
+
+
+class _EveryNth:
+    """A grammar engine whose matcher allows the tokens ``t`` with ``t % n == step % n`` (and the end
+    token): a small allowed set for large ``n``, most of the vocabulary for ``n`` = 2."""
+
+    name = "every-nth"
+
+    def words(self, width: int) -> int:
+        return (width + 31) // 32
+
+    def new_matcher(self, compiled: Any) -> Any:
+        return {"n": compiled, "step": 0}
+
+    def fill(self, matcher: Any, bitmask: Any, row: int) -> None:
+        import torch
+
+        width = bitmask.shape[1] * 32
+        allowed = [t for t in range(width) if t % matcher["n"] == matcher["step"] % matcher["n"]] + [END]
+        bits = torch.zeros(width, dtype=torch.bool)
+        bits[allowed] = True
+        words = (bits.view(-1, 32).long() << torch.arange(32)).sum(dim=1)
+        bitmask[row] = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+    def advance(self, matcher: Any, token: int) -> bool:
+        matcher["step"] += 1
+        return True
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma"])
+def test_scoring_only_the_allowed_tokens_chooses_and_scores_as_the_full_layer(kind: str) -> None:
+    from guardrail.backends.base import Sampling
+    from guardrail.backends.local.scheduler import Grammar
+
+    model = tiny(kind)
+    grammars = [Grammar(_EveryNth(), 16), Grammar(_EveryNth(), 2), None, Grammar(_EveryNth(), 11), Grammar(_EveryNth(), 16)]
+    samplings = [Sampling(max_new_tokens=14), Sampling(max_new_tokens=14), Sampling(max_new_tokens=14),
+                 Sampling(max_new_tokens=14, temperature=0.9, top_k=5, seed=4),
+                 Sampling(max_new_tokens=14, repetition_penalty=1.3)]
+    outcomes = {}
+    for sparse in (False, True):
+        loop = scheduler(model, 4, sparse_head=sparse)
+        assert (loop.head is not None) is sparse
+        futures = [loop.submit(request(row, grammar=grammar, sampling=sampling))
+                   for row, grammar, sampling in zip(ROWS, grammars, samplings, strict=True)]
+        outcomes[sparse] = [f.result(timeout=120) for f in futures]
+    full, sparse_rows = outcomes[False], outcomes[True]
+    assert [r.tokens for r in sparse_rows] == [r.tokens for r in full]
+    assert all(t % 16 == i % 16 or t == END for i, t in enumerate(full[0].tokens))  # the grammar held
+    for a, b in zip(full, sparse_rows, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_the_sparse_head_is_used_only_for_large_vocabularies_and_plain_output_layers() -> None:
+    from guardrail.backends.local.head import SparseHead
+
+    model = tiny("llama")
+    assert SparseHead.of(model) is None  # 128 tokens: the full layer is cheap
+    assert SparseHead.of(model, min_vocabulary=0) is not None
+    model.config.final_logit_softcapping = 30.0  # capped logits are not a plain linear map
+    assert SparseHead.of(model, min_vocabulary=0) is None

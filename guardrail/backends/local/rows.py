@@ -69,4 +69,6 @@ class Row:
         if request.sampling.repetition_penalty is not None:
             self.seen = torch.tensor(sorted(set(request.tokens)), dtype=torch.long, device=device)
         self.admitted = time.perf_counter()
-        self.logits: torch.Tensor | None = None  # scores of the next token, once computed
+        # The model's output at the row's last position: the next token's scores, or the hidden state
+        # they come from when the scheduler scores only the allowed tokens (``head.SparseHead``).
+        self.last: torch.Tensor | None = None

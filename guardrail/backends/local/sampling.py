@@ -20,19 +20,29 @@ import torch
 
 from guardrail.backends.base import Sampling
 from guardrail.backends.local.engines import bitmask_bias
+from guardrail.backends.local.head import SparseHead
 
 
-def choose(rows: Sequence[Any], device: Any, fail: Callable[[Any, BaseException], None]) -> dict[int, int]:
+def choose(rows: Sequence[Any], device: Any, fail: Callable[[Any, BaseException], None],
+           head: SparseHead | None = None) -> dict[int, int]:
     """Each running row's next token (keyed by ``id(row)``), its log-probability recorded on the
-    row. ``rows`` are the scheduler's ``rows.Row`` objects, each holding the scores of its next
-    token; a row whose grammar raises is handed to ``fail`` and gets only end tokens."""
-    scores = torch.stack([row.logits for row in rows if row.logits is not None]).float()
-    width = scores.shape[1]
+    row. ``rows`` are the scheduler's ``rows.Row`` objects, each holding the model's output at
+    its last position: the next token's scores, or with ``head`` the hidden state they come from
+    (``guardrail.backends.local.head``: only the tokens the grammar allows are scored). A row
+    whose grammar raises is handed to ``fail`` and gets only end tokens."""
+    width = head.vocabulary if head is not None else int(rows[0].last.shape[-1])
+    mask = grammar_mask(rows, width, fail)
+    if head is None:
+        scores = torch.stack([row.last for row in rows]).float()
+    else:
+        allowed = [(mask[i] == 0).nonzero().squeeze(1).to(device) if bool(torch.isinf(mask[i]).any()) else None
+                   for i in range(len(rows))]
+        scores = head.scores(torch.stack([row.last for row in rows]), allowed).float()
     for i, row in enumerate(rows):
         penalty = row.request.sampling.repetition_penalty
         if penalty is not None and row.seen is not None:
             penalise(scores[i], row.seen, penalty)
-    scores = scores + grammar_mask(rows, width, fail).to(device)
+    scores = scores + mask.to(device)
     logprobs = torch.log_softmax(scores, dim=-1)
     chosen: dict[int, int] = {}
     for i, row in enumerate(rows):

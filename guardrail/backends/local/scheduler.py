@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from guardrail.backends.local.head import SparseHead
 from guardrail.backends.local.kv import PrefixStore, SlotCache, common_prefix, layer_states
 from guardrail.backends.local.rows import Finished, Grammar, Request, Row
 from guardrail.backends.local.sampling import choose
@@ -47,8 +48,11 @@ class Scheduler:
     """The decode loop of one model; see the module docstring."""
 
     def __init__(self, model: Any, pad_id: int, *, slots: int, prefixes: PrefixStore | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, sparse_head: bool | None = None) -> None:
         self.model = model
+        # Score only the tokens each row may take (``head``): by default where the vocabulary is large.
+        self.head = None if sparse_head is False else SparseHead.of(
+            model, **({"min_vocabulary": 0} if sparse_head else {}))
         self.pad_id = pad_id
         self.slots = slots
         self.threads = threads
@@ -133,7 +137,7 @@ class Scheduler:
                 return
             self.steps += 1
             self.busy_slot_steps += len(self._rows)
-            chosen = choose(self._rows, self.device, self._fail)
+            chosen = choose(self._rows, self.device, self._fail, self.head)
             self._finish(chosen)
             if self._rows:
                 self._forward([chosen[id(row)] for row in self._rows])
@@ -272,7 +276,7 @@ class Scheduler:
             pieces = [] if stored is None else [stored]
             pieces.append([(k[i:i + 1, :, own], v[i:i + 1, :, own]) for k, v in states])
             self._cache.admit(pieces)
-            row.logits = logits[i]
+            row.last = logits[i]
             self._rows.append(row)
             self.admitted += 1
 
@@ -330,10 +334,13 @@ class Scheduler:
                                 cache.positions().to(device), cache)
         cache.advance(1)
         for row, row_logits in zip(self._rows, logits, strict=True):
-            row.logits = row_logits
+            row.last = row_logits
 
     def _call(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        """One forward pass; the scores of each row's last position, ``[rows, vocabulary]``."""
+        """One forward pass; at each row's last position the scores ``[rows, vocabulary]``, or with a
+        sparse head the final hidden state ``[rows, hidden]``."""
+        if self.head is not None:
+            return self.head.hidden(ids, mask, positions, cache)
         options: dict[str, Any] = {self._cache_arg: cache}
         if self._keep_arg is not None:
             options[self._keep_arg] = 1
