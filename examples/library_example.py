@@ -1,7 +1,7 @@
 """Use guardrail as a library: constrained generation on the embedded model, validated, re-asked.
 
-``Guard`` with no ``llm=`` runs the embedded SmolLM2-135M-Instruct with decoding constrained to
-the schema, so the output always has the right shape; what decoding cannot enforce (here, a
+``Guard`` with no ``llm=`` runs the default embedded model (Gemma 3 270M) with decoding constrained
+to the schema, so the output always has the right shape; what decoding cannot enforce (here, a
 pydantic rule that a meeting ends after it starts) is caught by validation and re-asked.
 
 Run: python examples/library_example.py

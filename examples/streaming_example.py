@@ -6,7 +6,7 @@ far and the JSON Pointers it just completed, so a UI can fill in fields as they 
 that turns out invalid is re-asked; the next attempt's ``attempt_start`` event says to clear what
 was shown. The last event holds the validated ``Result``, the one ``run`` returns.
 
-Here the model is the embedded SmolLM2-135M-Instruct (transformers, token by token from its
+Here the model is the default embedded one, Gemma 3 270M (transformers, token by token from its
 decode loop); a server (``base_url=``) streams by server-sent events, and your own function
 streams by returning an iterator of text chunks.
 
