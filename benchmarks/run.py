@@ -39,9 +39,12 @@ SECTIONS: dict[str, list[str]] = {
     "streaming": [PY, "benchmarks/bench_streaming.py", "--prompts", "3"],
     # Not in the default run: greedy vs vote(5) on all 56 SNIPS cases takes about 11 minutes.
     "vote_full": [PY, "benchmarks/bench_vote.py", "--threads", "1"],
+    # Not in the default run either: model × extractive × few-shot on the SNIPS tuning rows, about 25 minutes.
+    "extraction": [PY, "benchmarks/bench_extraction.py", "--suites", "snips-tune", "--shots", "0,fixed,3",
+                   "--threads", "2"],
 }
 #: What a plain ``run.py`` runs: every section but the long ones (under 15 minutes on 2 cores).
-DEFAULT = [name for name in SECTIONS if name != "vote_full"]
+DEFAULT = [name for name in SECTIONS if name not in ("vote_full", "extraction")]
 
 
 def replace_section(text: str, name: str, body: str) -> str:
