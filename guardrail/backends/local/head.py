@@ -72,11 +72,14 @@ class SparseHead:
 
     def _scores(self, hidden: torch.Tensor, allowed: Sequence[torch.Tensor | None]) -> torch.Tensor:
         out = torch.full((hidden.shape[0], self.vocabulary), float("-inf"), dtype=hidden.dtype, device=hidden.device)
-        dense = [i for i, ids in enumerate(allowed) if ids is None or len(ids) > self.vocabulary * DENSE_SHARE]
-        if dense:
-            out[dense] = torch.nn.functional.linear(hidden[dense], self.weight, self.bias)
+        limit = self.vocabulary * DENSE_SHARE
+        dense: list[int] = []
         for i, ids in enumerate(allowed):
-            if ids is not None and len(ids) and len(ids) <= self.vocabulary * DENSE_SHARE:
+            if ids is None or len(ids) > limit:
+                dense.append(i)
+            elif len(ids):
                 bias = self.bias[ids] if self.bias is not None else None
                 out[i, ids] = torch.nn.functional.linear(hidden[i], self.weight[ids], bias)
+        if dense:
+            out[dense] = torch.nn.functional.linear(hidden[dense], self.weight, self.bias)
         return out
