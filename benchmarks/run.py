@@ -7,9 +7,8 @@ Each section of BENCHMARKS.md whose tables a script produces sits between
 (never two at once: they would share the two cores and distort each other), and replaces what is
 between the markers with the script's output, stamped with the date, the load average and the
 seconds it took. Prose outside the markers is left alone. Sizes are chosen so the default run
-fits in 15 minutes on a 2-core CPU; each script's own options give bigger runs. One section is
-left out of the default run for its length: ``--only vote_full`` (greedy vs vote on the whole
-SNIPS example suite, about 11 minutes).
+fits in 15 minutes on a 2-core CPU; each script's own options give bigger runs. The sections in
+``LONG`` are left out of the default run for their length; run them by name (``--only batching``).
 """
 
 from __future__ import annotations
@@ -37,6 +36,10 @@ SECTIONS: dict[str, list[str]] = {
     "remote": [PY, "benchmarks/bench_remote.py", "--prompts", "3"],
     "vote": [PY, "benchmarks/bench_vote.py", "--limit", "4"],
     "streaming": [PY, "benchmarks/bench_streaming.py", "--prompts", "3"],
+    # Not in the default run: continuous batching on the main job's prompts (about 12 minutes) and a
+    # stream of fresh schemas against plain outlines (about 5 minutes).
+    "batching": [PY, "benchmarks/bench_batching.py", "--cases", "8", "--llamacpp"],
+    "fresh_schemas": [PY, "benchmarks/bench_fresh_schemas.py", "--schemas", "30"],
     # Not in the default run: greedy vs vote(5) on all 56 SNIPS cases takes about 11 minutes.
     "vote_full": [PY, "benchmarks/bench_vote.py", "--threads", "1"],
     # Not in the default run either: model × extractive × few-shot on the SNIPS tuning rows, about 25 minutes.
@@ -44,7 +47,8 @@ SECTIONS: dict[str, list[str]] = {
                    "--threads", "2"],
 }
 #: What a plain ``run.py`` runs: every section but the long ones (under 15 minutes on 2 cores).
-DEFAULT = [name for name in SECTIONS if name not in ("vote_full", "extraction")]
+LONG = ("vote_full", "extraction", "batching", "fresh_schemas")
+DEFAULT = [name for name in SECTIONS if name not in LONG]
 
 
 def replace_section(text: str, name: str, body: str) -> str:

@@ -49,7 +49,8 @@ class Guard(Generic[T]):
     ``schema`` is a pydantic model class, a JSON Schema dict, a path to a ``.json`` file or the
     name of a shipped schema (``"invoice"``). ``llm`` is your function (prompt → text) or a
     ``Backend``; without it, ``model`` names a local transformers model whose decoding is
-    constrained to the schema (default: the embedded SmolLM2-135M-Instruct).
+    constrained to the schema (default: the embedded Gemma 3 270M, or the embedded model named by
+    ``$GUARDRAIL_EMBEDDED``, such as ``smollm2-135m``).
 
     >>> g = Guard({"type": "object", "required": ["n"]}, llm=lambda prompt: '{"n": 1}')
     >>> g.run("Give n").value

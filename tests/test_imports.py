@@ -106,3 +106,13 @@ def test_the_core_does_not_reach_into_metrics_robustness_or_reports() -> None:
         reached = _reachable(graph, f"guardrail.{core}")
         lab = sorted(m for m in reached if m.removeprefix("guardrail.").split(".")[0] in LAB)
         assert not lab, f"guardrail.{core} reaches {lab}"
+
+
+#: The backends hold one concern per module (issue 15): a module past this has grown a second one.
+BACKEND_MODULE_LINES = 400
+
+
+def test_no_backend_module_grows_past_400_lines() -> None:
+    long = {str(path.relative_to(PACKAGE.parent)): n for path in (PACKAGE / "backends").rglob("*.py")
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > BACKEND_MODULE_LINES}
+    assert not long, f"split these by concern (lines): {long}"

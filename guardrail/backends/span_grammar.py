@@ -17,6 +17,10 @@ A structure this translation does not cover (``oneOf`` beyond a nullable alterna
 open to other properties, ``uniqueItems``...) is embedded as ``%json`` whole: its fields are then
 checked after decoding only. ``span_lark`` says which fields it holds while decoding.
 
+Both local runtimes build and keep these grammars through ``cached_span_grammar``: one per
+schema and input (an input recurs with its re-asks and votes), at most ``SPAN_GRAMMARS`` per
+model, and the schema's own grammar, with a warning, when none can be built.
+
 >>> lark, held = span_lark({"type": "object", "properties": {"city": {"type": "string"}},
 ...                         "required": ["city"], "additionalProperties": False}, ["/city"], "Rain in Oslo")
 >>> held
@@ -29,18 +33,27 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from guardrail.backends.decoding_schema import SEPARATORS
 from guardrail.extractive import string_node
 from guardrail.schema_walk import VALIDATION_KEYWORDS, Refs, escape
 
-__all__ = ["MAX_INPUT_CHARS", "span_lark"]
+if TYPE_CHECKING:
+    from guardrail.extractive import Spans
+    from guardrail.schema import Schema
+
+__all__ = ["MAX_INPUT_CHARS", "SPAN_GRAMMARS", "cached_span_grammar", "span_lark"]
 
 #: Inputs longer than this are checked after decoding only: the span automaton grows with the
 #: input, and a grammar this size would cost more per token than it saves.
 MAX_INPUT_CHARS = 20_000
+#: Grammars held to one input's spans kept per model (an input recurs with its re-asks and votes).
+SPAN_GRAMMARS = 256
 _CHUNK = re.compile(r"\\u[0-9a-fA-F]{4}|\\.|\w+|\s+|.", re.DOTALL)
 _MAX_DEPTH = 32
 
@@ -61,6 +74,50 @@ def span_lark(schema: Any, fields: Sequence[str], text: str,
              f"SPAN: %regex {json.dumps({'substring_chunks': chunks}, ensure_ascii=False)} & /[^ ]|[^ ].*[^ ]/"]
     held = tuple(f for f in fields if f in translator.held)
     return "\n".join(lines) + "\n", held
+
+
+_G = TypeVar("_G")
+
+
+def cached_span_grammar(cache: OrderedDict[tuple[Any, ...], _G], lock: AbstractContextManager[Any], schema: Schema,
+                        string_cap: int | None, spans: Spans, plain: _G, *, target: Callable[[], Any],
+                        compile_lark: Callable[[str], _G], refused: str = "", stacklevel: int = 1) -> _G:
+    """The grammar holding ``spans.fields`` to spans of ``spans.text``, kept in ``cache`` (guarded by
+    ``lock``); ``plain``, the schema's own grammar, with a warning, when it cannot be built.
+
+    Kept per (schema, ``string_cap``, fields, input), at most ``SPAN_GRAMMARS``, the least recently
+    used out first; a fallback to ``plain`` is kept too, so its warning comes once per input.
+    On a miss, ``target()`` gives the decoding schema and ``compile_lark`` compiles the Lark
+    grammar ``span_lark`` writes from it (raising ``EngineRefused`` or ``ValueError`` if it cannot);
+    ``refused``: why not to try at all. ``stacklevel``: as the caller would give ``warnings.warn``.
+    """
+    from guardrail.backends.local.engines import EngineRefused
+
+    key = (schema.hash, string_cap, spans.fields, spans.text)
+    with lock:
+        found = cache.get(key)
+        if found is not None:
+            cache.move_to_end(key)
+            return found
+    reason = refused
+    if not refused:
+        decoding = target()
+        try:
+            lark, held = span_lark(decoding, spans.fields, spans.text)
+            found = compile_lark(lark) if held else None
+            if not held:
+                reason = "no chosen field lies where the grammar can hold it"
+        except (ValueError, EngineRefused) as exc:
+            reason = str(exc)
+    if found is None:
+        warnings.warn(f"guardrail: extractive fields of schema {schema.name!r} are checked after decoding only: "
+                      f"{reason}", RuntimeWarning, stacklevel=stacklevel + 1)
+        found = plain
+    with lock:
+        cache[key] = found
+        while len(cache) > SPAN_GRAMMARS:
+            cache.popitem(last=False)
+    return found
 
 
 class _Translator:

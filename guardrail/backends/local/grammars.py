@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("guardrail")
 
-#: Grammars held to one input's spans kept per model (an input recurs with its re-asks and votes).
-SPAN_GRAMMARS = 256
-
 
 @dataclass(frozen=True)
 class Grammars:
@@ -74,38 +71,22 @@ class Grammars:
             return choice
 
     def for_spans(self, model: LoadedModel, schema: Schema, spans: Spans, plain: Compiled) -> Compiled:
-        """The grammar holding ``spans.fields`` to spans of ``spans.text`` (kept per schema and input);
-        the schema's own grammar, with a warning, when it cannot be built."""
-        key = (schema.hash, self.string_cap, spans.fields, spans.text)
-        with model.lock:
-            found = model.span_grammars.get(key)
-            if found is not None:
-                model.span_grammars.move_to_end(key)
-                return found
-        reason = ""
-        if plain.engine != "llguidance":
-            reason = (f"holding values to spans of the input needs the llguidance engine, and {plain.engine} "
-                      "constrains this schema")
-        else:
-            from guardrail.backends.span_grammar import span_lark
+        """The grammar holding ``spans.fields`` to spans of ``spans.text`` (kept per schema and input,
+        ``span_grammar.cached_span_grammar``); the schema's own grammar, with a warning, when it cannot
+        be built."""
+        from guardrail.backends.span_grammar import cached_span_grammar
 
-            engine = model.engine("llguidance")
-            try:
-                lark, held = span_lark(self._target(engine, schema), spans.fields, spans.text)
-                found = Compiled("llguidance", engine.compile_lark(lark)) if held else None  # type: ignore[attr-defined]
-                if not held:
-                    reason = "no chosen field lies where the grammar can hold it"
-            except (ValueError, EngineRefused) as exc:
-                reason = str(exc)
-        if found is None:
-            warnings.warn(f"guardrail: extractive fields of schema {schema.name!r} are checked after decoding only: "
-                          f"{reason}", RuntimeWarning, stacklevel=6)
-            found = plain
-        with model.lock:
-            model.span_grammars[key] = found
-            while len(model.span_grammars) > SPAN_GRAMMARS:
-                model.span_grammars.popitem(last=False)
-        return found
+        refused = ""
+        if plain.engine != "llguidance":
+            refused = (f"holding values to spans of the input needs the llguidance engine, and {plain.engine} "
+                       "constrains this schema")
+
+        def compile_lark(lark: str) -> Compiled:
+            return Compiled("llguidance", model.engine("llguidance").compile_lark(lark))  # type: ignore[attr-defined]
+
+        return cached_span_grammar(model.span_grammars, model.lock, schema, self.string_cap, spans, plain,
+                                   target=lambda: self._target(model.engine("llguidance"), schema),
+                                   compile_lark=compile_lark, refused=refused, stacklevel=6)
 
     def for_reasoning(self, model: LoadedModel, schema: Schema, plain: Compiled, opened: bool,
                       extractive: bool) -> Compiled:
