@@ -7,7 +7,8 @@ spread evenly over the sorted file names; never ``holdout/``), each with a short
 from its first valid instance ("Request: base = 10; height = 5 ..."). Each schema gets one
 ``Guard(schema, retries=2).run(request)`` on the default embedded model, a fresh guard per schema,
 and one plain outlines call (``outlines.Generator(model, JsonSchema(schema))`` on the same
-transformers model and tokenizer, the request as a chat turn, the same token limit), timed
+transformers model and tokenizer, the request rendered as guardrail renders it: the model's chat template, or the plain text
+for a model without one; the same token limit), timed
 from the schema to the answer, so grammar building is in both. One schema outside the 30 is run
 first by both, untimed: loading and per-model set-up are not part of a call.
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from guardrail import Guard
     from guardrail.backends.local import LocalBackend
+    from guardrail.backends.local.text import render
 
     warnings.filterwarnings("ignore")
     backend = LocalBackend()
@@ -110,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return seconds, tokens, result.ok, len(result.attempts)
 
     def theirs(schema: dict[str, Any], request: str) -> tuple[float, int, bool, int]:
-        chat = loaded.tokenizer.apply_chat_template([{"role": "user", "content": request}], tokenize=False,
-                                                    add_generation_prompt=True)
+        chat = render(loaded.tokenizer, request)[0]  # the model's chat template, or plain text for a base model
         started = time.perf_counter()
         generator = outlines.Generator(plain, JsonSchema(json.dumps(schema)))
         text = generator(chat, max_new_tokens=args.tokens)

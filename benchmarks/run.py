@@ -36,9 +36,9 @@ SECTIONS: dict[str, list[str]] = {
     "remote": [PY, "benchmarks/bench_remote.py", "--prompts", "3"],
     "vote": [PY, "benchmarks/bench_vote.py", "--limit", "4"],
     "streaming": [PY, "benchmarks/bench_streaming.py", "--prompts", "3"],
-    # Not in the default run: continuous batching on the main job's prompts (about 12 minutes) and a
+    # Not in the default run: continuous batching on the main job's prompts (about 16 minutes) and a
     # stream of fresh schemas against plain outlines (about 5 minutes).
-    "batching": [PY, "benchmarks/bench_batching.py", "--cases", "8", "--llamacpp"],
+    "batching": [PY, "benchmarks/bench_batching.py", "--cases", "8", "--llamacpp", "--main-job"],
     "fresh_schemas": [PY, "benchmarks/bench_fresh_schemas.py", "--schemas", "30"],
     # Not in the default run: greedy vs vote(5) on all 56 SNIPS cases takes about 11 minutes.
     "vote_full": [PY, "benchmarks/bench_vote.py", "--threads", "1"],
@@ -52,10 +52,10 @@ DEFAULT = [name for name in SECTIONS if name not in LONG]
 
 
 def replace_section(text: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- run\.py:{name} -->\n).*?(\n<!-- /run\.py:{name} -->)", re.S)
+    pattern = re.compile(rf"(<!-- run\.py:{name} -->)\n(?:.*?\n)?(<!-- /run\.py:{name} -->)", re.S)
     if not pattern.search(text):
         raise KeyError(f"BENCHMARKS.md has no <!-- run.py:{name} --> ... <!-- /run.py:{name} --> markers")
-    return pattern.sub(lambda m: m.group(1) + body.strip() + m.group(2), text)
+    return pattern.sub(lambda m: m.group(1) + "\n" + body.strip() + "\n" + m.group(2), text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    text = BENCHMARKS.read_text(encoding="utf-8")
+    for name in names:  # before any script runs: a missing section would lose its output
+        replace_section(text, name, "")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     total = time.perf_counter()
     failed = []
