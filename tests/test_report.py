@@ -141,7 +141,10 @@ def test_md_escape_covers_markdown_and_html_syntax() -> None:
 def _job(tmp_path: Path, out: Path, *, batch_size: int = 3) -> str:
     """A python -c program running the report job with the fake LLM; exits with the job's code."""
     return textwrap.dedent(f"""
-        import sys
+        import signal, sys
+        # Ctrl-C raises KeyboardInterrupt even where the suite itself runs in the background (``pytest &``,
+        # nohup), whose children inherit SIGINT ignored and would otherwise never see it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path.insert(0, {str(tmp_path)!r})
         from fake_llm import llm
         from guardrail.report.run import run_report
