@@ -13,9 +13,9 @@ import json
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from guardrail.backends.decoding_schema import SEPARATORS, decoding_schema
+from guardrail.backends.decoding_schema import decoding_schema
 from guardrail.backends.llamacpp.model import LLAMACPP_HINT, _LoadedLlama
-from guardrail.backends.local.engines import EngineRefused
+from guardrail.backends.local.engines import LLGUIDANCE_LAYOUT, EngineRefused, llguidance_matcher
 from guardrail.backends.reasoning_grammar import reasoning_lark
 from guardrail.errors import BackendError
 from guardrail.events import engine_fallback
@@ -23,10 +23,6 @@ from guardrail.events import engine_fallback
 if TYPE_CHECKING:
     from guardrail.extractive import Spans
     from guardrail.schema import Schema
-
-#: The one-line JSON layout both runtimes decode (``SEPARATORS``, no free whitespace).
-_LAYOUT: Any = {"whitespace_flexible": False, "item_separator": SEPARATORS[0], "key_separator": SEPARATORS[1]}
-
 
 def _schema_grammar(loaded: _LoadedLlama, schema: Schema, string_cap: int | None, reasoning_tokens: int,
                     opened: bool = False) -> Any:
@@ -43,7 +39,7 @@ def _schema_grammar(loaded: _LoadedLlama, schema: Schema, string_cap: int | None
                                      cap_patterns=True)
             try:
                 if reasoning_tokens:
-                    answer = json.dumps({**target, "x-guidance": _LAYOUT})
+                    answer = json.dumps({**target, "x-guidance": LLGUIDANCE_LAYOUT})
                     lark = reasoning_lark(answer, reasoning_tokens, opened=opened)
                     loaded.grammars[key] = _compile(loaded, lark, lark=True)
                 else:
@@ -75,7 +71,6 @@ def _compile(loaded: _LoadedLlama, grammar_text: str, *, lark: bool = False) -> 
     """An llguidance matcher for a JSON Schema (or, with ``lark``, a Lark grammar) over the model's
     vocabulary; EngineRefused if it cannot."""
     try:
-        from llguidance import LLMatcher
         from llguidance.llamacpp import lltokenizer_from_vocab
     except ImportError as exc:
         raise BackendError(f"the llama.cpp runtime needs llguidance with llama.cpp support ({exc})",
@@ -87,15 +82,4 @@ def _compile(loaded: _LoadedLlama, grammar_text: str, *, lark: bool = False) -> 
         with warnings.catch_warnings():  # it calls llama_token_get_attr, deprecated: two warnings per token
             warnings.simplefilter("ignore", DeprecationWarning)
             loaded.tokenizer = lltokenizer_from_vocab(vocab, eos_token=loaded.eos)
-    try:
-        grammar = LLMatcher.grammar_from_lark(grammar_text) if lark else LLMatcher.grammar_from_json_schema(
-            grammar_text, overrides=_LAYOUT)
-    except ValueError as exc:
-        raise EngineRefused(str(exc)) from exc
-    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, loaded.tokenizer)
-    if is_error:
-        raise EngineRefused("; ".join(messages) or "invalid grammar")
-    matcher = LLMatcher(loaded.tokenizer, grammar, log_level=0)
-    if matcher.is_error():
-        raise EngineRefused(matcher.get_error())
-    return matcher
+    return llguidance_matcher(loaded.tokenizer, grammar_text, lark=lark)

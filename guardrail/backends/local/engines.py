@@ -26,8 +26,8 @@ from typing import Any
 
 from guardrail.backends.decoding_schema import SEPARATORS, validation_keywords
 
-__all__ = ["ENGINES", "ENGINE_CLASSES", "Engine", "EngineRefused", "LLGuidance", "OutlinesCore", "XGrammar",
-           "bitmask_bias"]
+__all__ = ["ENGINES", "ENGINE_CLASSES", "LLGUIDANCE_LAYOUT", "Engine", "EngineRefused", "LLGuidance", "OutlinesCore",
+           "XGrammar", "bitmask_bias", "llguidance_matcher"]
 
 #: Grammar engines, in the default order of preference.
 ENGINES: tuple[str, ...] = ("llguidance", "xgrammar", "outlines_core")
@@ -94,6 +94,30 @@ class Engine:
         raise NotImplementedError
 
 
+#: The one-line JSON layout llguidance decodes (``SEPARATORS``, no free whitespace), for both runtimes.
+LLGUIDANCE_LAYOUT: Any = {"whitespace_flexible": False, "item_separator": SEPARATORS[0],
+                          "key_separator": SEPARATORS[1]}
+
+
+def llguidance_matcher(tokenizer: Any, grammar_text: str, *, lark: bool = False) -> Any:
+    """An llguidance matcher in its initial state for a JSON Schema laid out as ``LLGUIDANCE_LAYOUT``
+    (or, with ``lark``, a Lark grammar) over ``tokenizer``'s vocabulary; EngineRefused if it cannot."""
+    from llguidance import LLMatcher
+
+    try:
+        grammar = (LLMatcher.grammar_from_lark(grammar_text) if lark
+                   else LLMatcher.grammar_from_json_schema(grammar_text, overrides=LLGUIDANCE_LAYOUT))
+    except ValueError as exc:
+        raise EngineRefused(str(exc)) from exc
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+    if is_error:
+        raise EngineRefused("; ".join(messages) or "invalid grammar")
+    matcher = LLMatcher(tokenizer, grammar, log_level=0)
+    if matcher.is_error():
+        raise EngineRefused(matcher.get_error())
+    return matcher
+
+
 class LLGuidance(Engine):
     name = "llguidance"
     # llguidance applies maxLength and pattern together, and matches the pattern against the
@@ -110,35 +134,11 @@ class LLGuidance(Engine):
         return (self.tokenizer.vocab_size + 31) // 32  # llguidance writes exactly its vocabulary
 
     def compile(self, schema_json: str) -> Any:
-        from llguidance import LLMatcher
-
-        try:
-            grammar = LLMatcher.grammar_from_json_schema(schema_json, overrides={
-                "whitespace_flexible": False, "item_separator": SEPARATORS[0], "key_separator": SEPARATORS[1]})
-        except ValueError as exc:
-            raise EngineRefused(str(exc)) from exc
-        return self._matcher(grammar)
+        return llguidance_matcher(self.tokenizer, schema_json)  # rows get deep copies
 
     def compile_lark(self, lark: str) -> Any:
         """A grammar in llguidance's Lark syntax (``guardrail.backends.span_grammar``)."""
-        from llguidance import LLMatcher
-
-        try:
-            grammar = LLMatcher.grammar_from_lark(lark)
-        except ValueError as exc:
-            raise EngineRefused(str(exc)) from exc
-        return self._matcher(grammar)
-
-    def _matcher(self, grammar: str) -> Any:
-        from llguidance import LLMatcher
-
-        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
-        if is_error:
-            raise EngineRefused("; ".join(messages) or "invalid grammar")
-        matcher = LLMatcher(self.tokenizer, grammar, log_level=0)
-        if matcher.is_error():
-            raise EngineRefused(matcher.get_error())
-        return matcher  # a matcher in its initial state; rows get deep copies
+        return llguidance_matcher(self.tokenizer, lark, lark=True)
 
     def new_matcher(self, compiled: Any) -> Any:
         return compiled.deep_copy()

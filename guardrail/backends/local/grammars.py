@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guardrail.backends.decoding_schema import SEPARATORS, decoding_schema
-from guardrail.backends.local.engines import Engine, EngineRefused
+from guardrail.backends.decoding_schema import decoding_schema
+from guardrail.backends.local.engines import LLGUIDANCE_LAYOUT, Engine, EngineRefused
 from guardrail.backends.local.models import Compiled, LoadedModel
 from guardrail.backends.reasoning_grammar import reasoning_lark
 from guardrail.events import engine_fallback
@@ -114,8 +114,7 @@ class Grammars:
             if found is None:
                 engine = model.engine("llguidance")
                 target = dict(self._target(engine, schema))
-                target["x-guidance"] = {"whitespace_flexible": False, "item_separator": SEPARATORS[0],
-                                        "key_separator": SEPARATORS[1]}
+                target["x-guidance"] = LLGUIDANCE_LAYOUT
                 lark = reasoning_lark(json.dumps(target), self.reasoning_tokens, opened=opened)
                 model.compiles += 1
                 found = model.grammars[key] = engine.compile_lark(lark)  # type: ignore[attr-defined]
