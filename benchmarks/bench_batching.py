@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from md_table import table  # noqa: E402
+
 from guardrail import Guard  # noqa: E402
 from guardrail.report.run import DEFAULT_FAMILIES, DEFAULT_SEVERITIES, _limit, default_suite  # noqa: E402
 from guardrail.robustness import plan, run_plan  # noqa: E402
@@ -40,11 +42,6 @@ from guardrail.suite import Suite, load_suite  # noqa: E402
 
 MAIN_JOB = {"max_new_tokens": 96, "max_new_tokens_cap": 96}  # guardrail report's defaults
 RETRIES = 2
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def main_job_suite(cases: int, *, extractive: bool = True) -> Suite:

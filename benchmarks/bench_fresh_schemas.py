@@ -29,17 +29,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from md_table import table
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DEV = ROOT.parent / "shared" / "data" / "jsonschemabench-sample" / "dev"
 FUNCTION_CALLING = ("BFCL_", "Glaiveai2K")
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def request_for(value: Any) -> str:

@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from md_table import table  # noqa: E402
+
 from guardrail.backends.base import Sampling  # noqa: E402
 from guardrail.schema import Schema  # noqa: E402
 from guardrail.suite import load_suite  # noqa: E402
@@ -58,12 +60,6 @@ def valid(schema: Schema, text: str) -> bool:
         return not list(schema.validator.iter_errors(json.loads(text)))
     except ValueError:
         return False
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from md_table import table  # noqa: E402
+
 from guardrail.backends import local  # noqa: E402
 from guardrail.backends.local import ENGINES, LocalBackend  # noqa: E402
 from guardrail.schema import Schema  # noqa: E402
@@ -106,12 +108,6 @@ def engine_rows(schemas: dict[str, Schema], engines: list[str]) -> list[list[str
             rows.append([engine, name, setup, f"{compile_s * 1000:.1f}", note])
             setup = ""
     return rows
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from md_table import table  # noqa: E402
+
 from guardrail import Guard  # noqa: E402
 from guardrail.backends.base import Sampling  # noqa: E402
 from guardrail.backends.local import LocalBackend  # noqa: E402
@@ -51,11 +53,6 @@ EXTRACTION_TEXTS = [
 ]
 COUNTING = {"type": "array", "items": {"type": "integer"}, "minItems": 400}
 COUNTING_PROMPT = [{"role": "user", "content": "Write every whole number from 1 to 400 as one JSON array."}]
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 class TimedBackend(LocalBackend):
